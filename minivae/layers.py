@@ -1,0 +1,332 @@
+"""Layers: each one a forward/backward pair, with the backward derived next to the code.
+
+The contract every layer keeps:
+
+    layer.params          dict name -> array ({} for layers without parameters)
+    layer.grads           same keys, overwritten (not accumulated) by each backward
+    y  = layer.forward(x) caches what backward needs
+    dx = layer.backward(dy)  fills layer.grads and returns dL/dx
+
+Notation: L is the scalar loss, dy = dL/dy arrives from above, and we return dx = dL/dx. Batches
+lead: Dense sees x (N, in); convolutions see NCHW images (N, C, H, W). Layers read their parameters
+from `self.params` on every call, so a parameter replaced by a new array (any float dtype, same
+shape) is used from then on, and a layer computes in whatever dtype it is handed.
+"""
+
+import math
+
+import numpy as np
+
+from minivae.backend import array_module, get_backend, make_rng, to_device
+from minivae.conv import (conv2d, conv2d_transpose, conv2d_weight_grad, conv_output_size,
+                          conv_transpose_output_size)
+
+
+class Layer:
+    """Base class: no parameters, nothing cached."""
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def glorot_uniform(shape, fan_in, fan_out, *, dtype, backend, rng):
+    """U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), drawn on the host (Flux's default init)."""
+    a = math.sqrt(6.0 / (fan_in + fan_out))
+    w = make_rng(rng).uniform(-a, a, size=shape).astype(dtype)
+    return to_device(w, get_backend(backend))
+
+
+def zeros(shape, *, dtype, backend):
+    return get_backend(backend).zeros(shape, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Dense
+
+
+class Dense(Layer):
+    """y = x @ W + b, with x (N, in), W (in, out), b (out,), y (N, out)."""
+
+    def __init__(self, in_features, out_features, *, dtype=np.float32, backend="numpy", rng=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.params = {
+            "W": glorot_uniform((in_features, out_features), in_features, out_features,
+                                dtype=dtype, backend=backend, rng=rng),
+            "b": zeros((out_features,), dtype=dtype, backend=backend),
+        }
+
+    def forward(self, x):
+        self.x = x                                      # (N, in)
+        return x @ self.params["W"] + self.params["b"]  # (N, out)
+
+    def backward(self, dy):
+        # y[n,o] = sum_i x[n,i] W[i,o] + b[o]. Each W[i,o] touches every row n, so its gradient sums
+        # dy[n,o] x[n,i] over the batch: dW = x^T dy. b[o] is added to every row: db = sum_n dy.
+        # Each x[n,i] reaches every output o through W[i,o]: dx = dy W^T.
+        self.grads["W"] = self.x.T @ dy                  # (in, out)
+        self.grads["b"] = dy.sum(axis=0)                 # (out,)
+        return dy @ self.params["W"].T                   # (N, in)
+
+    def __repr__(self):
+        return f"Dense({self.in_features}, {self.out_features})"
+
+
+# --------------------------------------------------------------------------------------------
+# Convolutions (the arithmetic is in conv.py: im2col, col2im and the two contractions)
+
+
+class Conv2d(Layer):
+    """y = conv2d(x, W) + b: x (N, C, H, W), W (F, C, kh, kw), b (F,), y (N, F, Ho, Wo).
+
+    Ho = floor((H + 2p - kh) / s) + 1, and likewise Wo.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
+                 dtype=np.float32, backend="numpy", rng=None):
+        super().__init__()
+        kh, kw = _pair(kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.params = {
+            "W": glorot_uniform((out_channels, in_channels, kh, kw), in_channels * kh * kw,
+                                out_channels * kh * kw, dtype=dtype, backend=backend, rng=rng),
+            "b": zeros((out_channels,), dtype=dtype, backend=backend),
+        }
+
+    def output_shape(self, H, W):
+        (kh, kw), s, p = self.kernel_size, self.stride, self.padding
+        return conv_output_size(H, kh, s, p), conv_output_size(W, kw, s, p)
+
+    def forward(self, x):
+        self.in_hw = x.shape[2:]
+        y, self.cols = conv2d(x, self.params["W"], self.stride, self.padding)
+        return y + self.params["b"].reshape(1, -1, 1, 1)
+
+    def backward(self, dy):
+        # y = W * cols + b is linear in each of W, b and x (cols = im2col(x) just copies pixels):
+        #   dW = sum over the batch and output positions of dy times the input column it saw;
+        #   db = dy summed over everything but the channel;
+        #   dx = the adjoint of the convolution applied to dy, i.e. a transposed convolution
+        #        (col2im adds each receptive field's share back onto the pixels it came from).
+        W = self.params["W"]
+        self.grads["W"] = conv2d_weight_grad(self.cols, dy)                     # (F, C, kh, kw)
+        self.grads["b"] = dy.sum(axis=(0, 2, 3))                               # (F,)
+        return conv2d_transpose(dy, W, self.stride, self.padding, self.in_hw)  # (N, C, H, W)
+
+    def __repr__(self):
+        return (f"Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding})")
+
+
+class ConvTranspose2d(Layer):
+    """y = conv2d_transpose(x, W) + b: x (N, Cin, H, W), W (Cin, Cout, kh, kw), y (N, Cout, Ho, Wo).
+
+    Ho = (H - 1) s - 2p + kh. This is the adjoint of a Conv2d from Cout to Cin channels with the
+    same weights (PyTorch's layout), so it maps an image back onto the size the conv came from.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
+                 dtype=np.float32, backend="numpy", rng=None):
+        super().__init__()
+        kh, kw = _pair(kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.params = {
+            "W": glorot_uniform((in_channels, out_channels, kh, kw), in_channels * kh * kw,
+                                out_channels * kh * kw, dtype=dtype, backend=backend, rng=rng),
+            "b": zeros((out_channels,), dtype=dtype, backend=backend),
+        }
+
+    def output_shape(self, H, W):
+        (kh, kw), s, p = self.kernel_size, self.stride, self.padding
+        return conv_transpose_output_size(H, kh, s, p), conv_transpose_output_size(W, kw, s, p)
+
+    def forward(self, x):
+        out_hw = self.output_shape(*x.shape[2:])
+        if min(out_hw) < 1:
+            raise ValueError(f"ConvTranspose2d output would be {out_hw} for input {x.shape[2:]}")
+        self.x = x
+        y = conv2d_transpose(x, self.params["W"], self.stride, self.padding, out_hw)
+        return y + self.params["b"].reshape(1, -1, 1, 1)
+
+    def backward(self, dy):
+        # y = T(x; W) + b where T is the adjoint of the convolution C(.; W). Linear again:
+        #   dx = T^T(dy) = C(dy; W): the backward of a transposed conv is an ordinary conv.
+        #   dW: <dy, T(x; W)> = <C(dy; W), x>, a conv of dy whose output is paired with x, so dW
+        #       is the conv weight gradient with dy as the input and x as the output gradient.
+        #   db = dy summed over everything but the channel.
+        dx, cols = conv2d(dy, self.params["W"], self.stride, self.padding)    # (N, Cin, H, W)
+        self.grads["W"] = conv2d_weight_grad(cols, self.x)                     # (Cin, Cout, kh, kw)
+        self.grads["b"] = dy.sum(axis=(0, 2, 3))                               # (Cout,)
+        return dx
+
+    def __repr__(self):
+        return (f"ConvTranspose2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding})")
+
+
+def _pair(k):
+    return (k, k) if isinstance(k, int) else tuple(k)
+
+
+# --------------------------------------------------------------------------------------------
+# Activations: y = f(x) elementwise, so dx = dy * f'(x), written in terms of what we cached.
+
+
+class ReLU(Layer):
+    def forward(self, x):
+        self.y = x * (x > 0)        # keeps the dtype; max(x, 0)
+        return self.y
+
+    def backward(self, dy):
+        # f'(x) = 1 where x > 0, else 0 (we take 0 at the kink), and x > 0 exactly where y > 0.
+        return dy * (self.y > 0)
+
+
+class Tanh(Layer):
+    def forward(self, x):
+        self.y = array_module(x).tanh(x)
+        return self.y
+
+    def backward(self, dy):
+        # d tanh(x)/dx = 1 - tanh(x)^2 = 1 - y^2: the cached output is all we need.
+        return dy * (1 - self.y * self.y)
+
+
+class Sigmoid(Layer):
+    def forward(self, x):
+        self.y = sigmoid(x)
+        return self.y
+
+    def backward(self, dy):
+        # d sigma(x)/dx = sigma(x) (1 - sigma(x)) = y (1 - y).
+        return dy * self.y * (1 - self.y)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)) written as (1 + tanh(x/2)) / 2: no overflow for any finite x."""
+    xp = array_module(x)
+    return 0.5 * (1 + xp.tanh(0.5 * x))
+
+
+# --------------------------------------------------------------------------------------------
+# Shape plumbing: no arithmetic, so the backward just undoes the reshape.
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1*d2*...), row-major (the same order as PyTorch's flatten)."""
+
+    def forward(self, x):
+        self.shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self.shape)
+
+
+class Reshape(Layer):
+    """(N, ...) -> (N, *shape); shape excludes the batch dimension."""
+
+    def __init__(self, *shape):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return x.reshape(x.shape[0], *self.shape)
+
+    def backward(self, dy):
+        return dy.reshape(self.in_shape)
+
+    def __repr__(self):
+        return f"Reshape{self.shape}"
+
+
+# --------------------------------------------------------------------------------------------
+# Composition
+
+
+class ParamView:
+    """An ordered, name -> array view over several layers' params (or grads).
+
+    `view["0.W"]` reads layer 0's params["W"]; assigning `view["0.W"] = array` replaces it in the
+    layer (same shape required), so models and Sequential can hand out one flat dict that stays in
+    sync with the layers that own the arrays.
+    """
+
+    def __init__(self, named_layers, attr="params"):
+        self._slots = {f"{prefix}.{key}" if prefix else key: (layer, key)
+                       for prefix, layer in named_layers for key in layer.params}
+        self._attr = attr
+
+    def __getitem__(self, name):
+        layer, key = self._slots[name]
+        return getattr(layer, self._attr)[key]
+
+    def __setitem__(self, name, value):
+        layer, key = self._slots[name]
+        old = layer.params[key]
+        if tuple(value.shape) != tuple(old.shape):
+            raise ValueError(f"{name}: expected shape {tuple(old.shape)}, got {tuple(value.shape)}")
+        getattr(layer, self._attr)[key] = value
+
+    def __iter__(self):
+        return iter(self._slots)
+
+    def __len__(self):
+        return len(self._slots)
+
+    def __contains__(self, name):
+        return name in self._slots
+
+    def keys(self):
+        return self._slots.keys()
+
+    def values(self):
+        return [self[k] for k in self._slots]
+
+    def items(self):
+        return [(k, self[k]) for k in self._slots]
+
+    def __repr__(self):
+        return "{" + ", ".join(f"{k!r}: {tuple(v.shape)}" for k, v in self.items()) + "}"
+
+
+class Sequential(Layer):
+    """Layers applied in order. Parameters are named "<index>.<key>", e.g. "0.W" (as PyTorch)."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self.layers = list(layers)
+        named = [(str(i), layer) for i, layer in enumerate(self.layers)]
+        self.params = ParamView(named, "params")
+        self.grads = ParamView(named, "grads")
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        # The chain rule, read right to left: each layer turns dL/d(its output) into
+        # dL/d(its input), which is the next layer down's dL/d(output).
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __repr__(self):
+        return "Sequential(\n" + "\n".join(f"  ({i}) {l!r}" for i, l in enumerate(self.layers)) + "\n)"
