@@ -1,0 +1,759 @@
+"""Data: the IDX file format, a checksummed downloader for MNIST / FashionMNIST, and the batch pipeline.
+
+Reading order:
+
+1. ``read_idx`` / ``write_idx`` — the IDX format (gzip or raw), read defensively: every size is
+   checked against the bytes that are really there before anything is allocated.
+2. ``DATASETS``, ``data_dir``, ``mirrors``, ``download``, ``load`` — where the files come from and
+   how a file earns its place in the cache (size + hash + gzip + IDX structure + declared shape).
+3. ``to_float``, ``batches``, ``num_batches`` — uint8 images on the host become float batches in
+   [0, 1] on the chosen backend, one batch at a time.
+
+The IDX header (big-endian)::
+
+    byte 0-1  0x00 0x00          (magic, part 1)
+    byte 2    0x08               type: unsigned byte (the only type MNIST uses, the only one we read)
+    byte 3    ndim               1 for labels (magic 2049), 3 for images (magic 2051)
+    then      ndim x uint32      the sizes, e.g. 60000, 28, 28
+    then      prod(sizes) bytes  the data, row-major
+"""
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+from minivae.backend import make_rng, to_device
+
+# --------------------------------------------------------------------------------------------------
+# 1. The IDX format
+# --------------------------------------------------------------------------------------------------
+
+IDX_UBYTE = 0x08
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_IDX_BYTES = 2 ** 31          # anything bigger is an "absurd" header, not a dataset we know
+MAX_GZIP_RATIO = 1032            # deflate cannot expand data by more than ~1032:1
+_CHUNK = 1 << 20
+
+
+class IDXError(ValueError):
+    """A malformed IDX file; the message names the file and the problem."""
+
+
+def _describe_bad_start(head):
+    if head.lstrip()[:1] == b"<":
+        return "looks like an HTML/XML page, not IDX data"
+    return f"bad magic {head[:4].hex()} (an IDX file starts with 00 00 08 <ndim>)"
+
+
+class _Inflater:
+    """Decompresses a gzip byte string on demand, never producing more than it is asked for.
+
+    Handles multi-member gzip (concatenated streams), checks each member's CRC (zlib does, at the
+    end of the member), and reports a stream that stops early or is followed by garbage.
+    """
+
+    def __init__(self, comp, name):
+        self.comp = memoryview(comp)
+        self.pos = 0
+        self.name = name
+        self.d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def _next(self, max_len):
+        """Up to max_len (>0) decompressed bytes; b'' only at the true end of the gzip data."""
+        while True:
+            d = self.d
+            try:
+                if d.unconsumed_tail:
+                    out = d.decompress(d.unconsumed_tail, max_len)
+                elif d.eof:
+                    rest = d.unused_data + bytes(self.comp[self.pos:self.pos + _CHUNK])
+                    self.pos += _CHUNK
+                    if not rest:
+                        return b""
+                    if rest[:2] != GZIP_MAGIC:
+                        raise IDXError(f"{self.name}: trailing garbage after the gzip stream")
+                    self.d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # next member
+                    out = self.d.decompress(rest, max_len)
+                elif self.pos < len(self.comp):
+                    inp = self.comp[self.pos:self.pos + _CHUNK]
+                    self.pos += _CHUNK
+                    out = d.decompress(inp, max_len)
+                else:
+                    raise IDXError(f"{self.name}: truncated gzip stream (ends before its trailer)")
+            except zlib.error as e:
+                raise IDXError(f"{self.name}: broken gzip stream ({e})") from None
+            if out:
+                return out
+
+    def read_exact(self, n, what):
+        """Exactly n bytes as a numpy uint8 array (allocated only once the caller checked n)."""
+        buf = np.empty(n, dtype=np.uint8)
+        view = memoryview(buf)
+        filled = 0
+        while filled < n:
+            chunk = self._next(n - filled)
+            if not chunk:
+                raise IDXError(f"{self.name}: truncated: {what} needs {n} bytes, "
+                               f"the data ends after {filled}")
+            view[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+        return buf
+
+    def check_end(self):
+        if self._next(1):
+            raise IDXError(f"{self.name}: trailing bytes after the declared data")
+
+
+class _RawReader:
+    def __init__(self, raw, name):
+        self.raw = memoryview(raw)
+        self.pos = 0
+        self.name = name
+
+    def read_exact(self, n, what):
+        if self.pos + n > len(self.raw):
+            raise IDXError(f"{self.name}: truncated: {what} needs {n} bytes, "
+                           f"{len(self.raw) - self.pos} are left")
+        out = np.frombuffer(self.raw[self.pos:self.pos + n], dtype=np.uint8)
+        self.pos += n
+        return out
+
+    def check_end(self):
+        if self.pos != len(self.raw):
+            raise IDXError(f"{self.name}: {len(self.raw) - self.pos} trailing bytes after the "
+                           f"declared data")
+
+
+def _parse_idx(data, name):
+    """(array, header bytes) from the bytes of an IDX file, gzip-compressed or not."""
+    gz = data[:2] == GZIP_MAGIC
+    reader = _Inflater(data, name) if gz else _RawReader(data, name)
+
+    head = bytes(reader.read_exact(4, "the IDX header"))
+    if head[0] != 0 or head[1] != 0:
+        raise IDXError(f"{name}: {_describe_bad_start(head)}")
+    if head[2] != IDX_UBYTE:
+        raise IDXError(f"{name}: unsupported type byte 0x{head[2]:02x} "
+                       f"(only 0x08 = unsigned byte is supported)")
+    ndim = head[3]
+    if ndim == 0:
+        raise IDXError(f"{name}: header declares 0 dimensions")
+    dims_bytes = bytes(reader.read_exact(4 * ndim, f"the sizes of {ndim} dimensions"))
+    shape = struct.unpack(f">{ndim}I", dims_bytes)
+
+    # Check the claimed size against reality *before* allocating anything of that size.
+    n = math.prod(shape)  # Python ints: cannot overflow
+    if n > MAX_IDX_BYTES:
+        raise IDXError(f"{name}: absurd dimensions {shape} ({n} bytes; the limit is "
+                       f"{MAX_IDX_BYTES})")
+    if gz:
+        most = len(data) * MAX_GZIP_RATIO
+        if n > most:
+            raise IDXError(f"{name}: dimensions {shape} claim {n} bytes, more than a "
+                           f"{len(data)}-byte gzip file can hold (truncated or corrupt)")
+    elif 4 + 4 * ndim + n != len(data):
+        have = len(data) - 4 - 4 * ndim
+        problem = "truncated" if have < n else f"{have - n} trailing bytes"
+        raise IDXError(f"{name}: {problem}: dimensions {shape} need {n} data bytes, "
+                       f"the file has {have}")
+
+    flat = reader.read_exact(n, f"data of shape {shape}")
+    reader.check_end()
+    return flat.reshape(shape), head + dims_bytes
+
+
+def read_idx(path):
+    """The uint8 array stored in an IDX file (gzip or raw, told apart by the magic bytes)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise IDXError(f"{path}: cannot read ({e.strerror or e})") from None
+    arr, _ = _parse_idx(data, str(path))
+    if not arr.flags.writeable:      # raw files are parsed zero-copy from an immutable bytes object
+        arr = arr.copy()
+    return arr
+
+
+def _atomic_write(path, write):
+    """Call write(file) on a temporary file beside path, then rename it onto path."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        _plain_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _plain_mode(p):
+    """mkstemp makes files private (0600); give them the mode an ordinary open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(p, 0o666 & ~umask)
+
+
+def _unlink(p):
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass
+
+
+def write_idx(path, array):
+    """Write a uint8 array as IDX; gzip-compressed if path ends with .gz. Atomic (temp + rename)."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise TypeError(f"write_idx writes uint8 arrays only (IDX type 0x08), got {array.dtype}")
+    if not 1 <= array.ndim <= 255 or any(s >= 2 ** 32 for s in array.shape):
+        raise ValueError(f"cannot write shape {array.shape} as IDX")
+    header = bytes([0, 0, IDX_UBYTE, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    body = np.ascontiguousarray(array).tobytes()
+
+    def write(f):
+        if str(path).endswith(".gz"):
+            with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0) as g:
+                g.write(header)
+                g.write(body)
+        else:
+            f.write(header)
+            f.write(body)
+
+    _atomic_write(path, write)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Datasets, mirrors, the downloader
+# --------------------------------------------------------------------------------------------------
+
+FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+SPLITS = {"train": FILES[0:2], "test": FILES[2:4]}
+
+
+def _spec(size, md5, sha256, raw_sha256, shape):
+    return {"size": size, "md5": md5, "sha256": sha256, "raw_sha256": raw_sha256, "shape": shape}
+
+
+# From DESIGN.md ("Data"). size/md5/sha256 describe the canonical .gz; raw_sha256 the decompressed
+# IDX (lets recompressing mirrors such as Debian's through); shape is what the header must declare.
+DATASETS = {
+    "mnist": {
+        "mirrors": [
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ],
+        "files": {
+            "train-images-idx3-ubyte.gz": _spec(
+                9912422, "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+                None, (60000, 28, 28)),
+            "train-labels-idx1-ubyte.gz": _spec(
+                28881, "d53e105ee54ea40749a09fcbcd1e9432",
+                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", (60000,)),
+            "t10k-images-idx3-ubyte.gz": _spec(
+                1648877, "9fb629c4189551a2d022fa330f9573f3",
+                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", (10000, 28, 28)),
+            "t10k-labels-idx1-ubyte.gz": _spec(
+                4542, "ec29112dd5afa0611ce80d1b7f02629c",
+                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", (10000,)),
+        },
+    },
+    "fashion-mnist": {
+        "mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+        "files": {
+            "train-images-idx3-ubyte.gz": _spec(
+                26421880, "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", (60000, 28, 28)),
+            "train-labels-idx1-ubyte.gz": _spec(
+                29515, "25c81989df183df01b3e8a0aad5dffbe",
+                "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", (60000,)),
+            "t10k-images-idx3-ubyte.gz": _spec(
+                4422102, "bef4ecab320f06d8554ea6380940ec79",
+                "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", (10000, 28, 28)),
+            "t10k-labels-idx1-ubyte.gz": _spec(
+                5148, "bb300cfdad3c16e7a12a480ee83cd310",
+                "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", (10000,)),
+        },
+    },
+}
+
+# Debian/Ubuntu's `dataset-fashion-mnist` package (recompressed files; raw hashes match).
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist/"
+
+STAMP_FILE = ".verified.json"
+USER_AGENT = "minivae (+https://github.com/; dataset downloader)"
+
+
+class DownloadError(RuntimeError):
+    """No source worked for some files. str() has one line per failed file; .failures has the
+    details as {file name: [(source, reason), ...]}."""
+
+    def __init__(self, dataset, failures):
+        self.dataset = dataset
+        self.failures = failures
+        lines = []
+        for fname, tries in failures.items():
+            what = "; ".join(f"{src}: {why}" for src, why in tries) or "no mirrors to try"
+            lines.append(f"{dataset}/{fname}: {what}")
+        super().__init__("\n".join(lines))
+
+
+def _check_dataset(dataset):
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[dataset]
+
+
+def data_dir(data_dir=None):
+    """The cache root: the argument, else $MINIVAE_DATA, else ./data. Each dataset has a folder in it."""
+    chosen = data_dir or os.environ.get("MINIVAE_DATA") or "data"
+    return Path(chosen).expanduser()
+
+
+_cache_root = data_dir   # download() and load() have an argument of the same name
+
+
+def mirrors(dataset, extra=None):
+    """The sources to try, in order.
+
+    extra (e.g. the repeated --mirror), then $MINIVAE_MIRROR (several may be given, separated by
+    commas and/or whitespace), then Debian's FashionMNIST folder when it exists (local, so before
+    the network), then the public mirrors. Duplicates are dropped. A source is an http(s) URL, a
+    file:// URL or a folder; see `download` for how file paths are formed.
+    """
+    info = _check_dataset(dataset)
+    if isinstance(extra, (str, os.PathLike)):
+        extra = [extra]
+    env = os.environ.get("MINIVAE_MIRROR", "").replace(",", " ").split()
+    out = [str(m) for m in (extra or [])] + env
+    if dataset == "fashion-mnist" and os.path.isdir(DEBIAN_FASHION_MNIST):
+        out.append(DEBIAN_FASHION_MNIST)
+    out += list(info["mirrors"])
+    seen = set()
+    return [m for m in out if m and not (m in seen or seen.add(m))]
+
+
+def _candidates(mirror, dataset, fname):
+    """The places a mirror may hold a file: <mirror>/<dataset>/<file> (the layout of a local
+    mirror such as ../shared/data), then <mirror>/<file> (the public mirrors, Debian's folder)."""
+    if mirror.startswith(("http://", "https://", "file://")):
+        base = mirror.rstrip("/")
+        return [f"{base}/{dataset}/{fname}", f"{base}/{fname}"]
+    base = Path(mirror).expanduser()
+    return [str(base / dataset / fname), str(base / fname)]
+
+
+class _Fail(Exception):
+    """One attempt failed; retry=True when trying the same source again may help."""
+
+    def __init__(self, reason, retry=False, missing=False, unreachable=False):
+        super().__init__(reason)
+        self.retry = retry                # transient: the same source may work on a second try
+        self.missing = missing            # 404 / no such file: maybe just the other layout
+        self.unreachable = unreachable    # host down: skip this mirror for the other files
+
+
+def _max_size(spec):
+    # A recompressed file may be a bit bigger than the canonical one, but not twice as big.
+    return 2 * spec["size"] + (1 << 20) if spec.get("size") else MAX_IDX_BYTES
+
+
+def _verify(path, spec):
+    """None if the file at path is the one spec describes, else the reason it is not."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return f"cannot read ({e.strerror or e})"
+    if len(data) > _max_size(spec):
+        return f"{len(data)} bytes, far more than the expected {spec['size']}"
+    if data[:2] != GZIP_MAGIC:
+        if data.lstrip()[:1] == b"<":
+            return "an HTML/XML page, not gzip data"
+        return f"not gzip data (starts with {data[:4].hex() or 'nothing'})"
+
+    gz_known = [k for k in ("md5", "sha256") if spec.get(k)]
+    gz_ok = bool(gz_known) and len(data) == spec["size"] and all(
+        hashlib.new(k, data).hexdigest() == spec[k] for k in gz_known)
+    try:
+        arr, header = _parse_idx(data, "file")
+    except IDXError as e:
+        return str(e).split(": ", 1)[-1]
+    if tuple(arr.shape) != tuple(spec["shape"]):
+        return f"declares shape {arr.shape}, expected {tuple(spec['shape'])}"
+    if gz_ok:
+        return None
+    if spec.get("raw_sha256"):
+        raw = hashlib.sha256(header)
+        raw.update(arr)
+        if raw.hexdigest() == spec["raw_sha256"]:
+            return None   # a recompressed copy of the right data
+        return (f"checksum mismatch (sha256 of the decompressed data {raw.hexdigest()[:12]}..., "
+                f"expected {spec['raw_sha256'][:12]}...)")
+    got = hashlib.sha256(data).hexdigest()
+    return (f"checksum mismatch ({len(data)} bytes, sha256 {got[:12]}...; expected "
+            f"{spec['size']} bytes, sha256 {str(spec.get('sha256'))[:12]}...; this file's "
+            f"decompressed hash is unknown, so only the original .gz is accepted)")
+
+
+# ---- the verification stamp: re-verifying 30 MB on every load is wasteful, so a file that passed
+# is recorded with its size, mtime, ctime and inode. Any write to the file changes its ctime (which
+# no tool can set back), so a file modified after verification is verified again.
+
+def _stat_key(path):
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _read_stamps(folder):
+    try:
+        stamps = json.loads((folder / STAMP_FILE).read_text())
+        return stamps if isinstance(stamps, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_stamps(folder, stamps):
+    try:
+        _atomic_write(folder / STAMP_FILE,
+                      lambda f: f.write(json.dumps(stamps, indent=1, sort_keys=True).encode()))
+    except OSError:
+        pass  # the stamp is only a shortcut; without it files are simply verified again
+
+
+def _cached_ok(folder, fname, spec, stamps):
+    """Is the cached file good? Trust a matching stamp, else verify fully (and stamp it)."""
+    path = folder / fname
+    if not path.is_file():
+        return False
+    if stamps.get(fname) == _stat_key(path):
+        return True
+    if _verify(path, spec) is None:
+        stamps[fname] = _stat_key(path)
+        return True
+    return False
+
+
+def _fetch_http(session, url, tmp, spec, timeout, bar):
+    """Stream url into the open file tmp; raises _Fail."""
+    import requests
+
+    try:
+        with session.get(url, stream=True, timeout=timeout) as r:
+            if r.status_code != 200:
+                reason = f"HTTP {r.status_code} {r.reason or ''}".strip()
+                transient = r.status_code >= 500 or r.status_code in (408, 429)
+                raise _Fail(reason, retry=transient, missing=r.status_code in (403, 404, 410))
+            ctype = r.headers.get("Content-Type", "").lower()
+            if "html" in ctype:
+                raise _Fail(f"an HTML page served with status 200 ({ctype})")
+            length = r.headers.get("Content-Length")
+            length = int(length) if length and length.isdigit() else None
+            if length is not None and length > _max_size(spec):
+                raise _Fail(f"{length} bytes offered, far more than the expected {spec['size']}")
+            bar.reset(total=length)
+            got = 0
+            for chunk in r.iter_content(chunk_size=1 << 16):
+                if got == 0 and chunk.lstrip()[:1] == b"<":
+                    raise _Fail("an HTML/XML page served with status 200")
+                got += len(chunk)
+                if got > _max_size(spec):
+                    raise _Fail(f"more than {_max_size(spec)} bytes, far more than expected")
+                tmp.write(chunk)
+                bar.update(len(chunk))
+            if length is not None and got != length:
+                raise _Fail(f"truncated body ({got} of {length} bytes)", retry=True)
+    except requests.ConnectTimeout:
+        raise _Fail(f"connection timed out after {timeout} s", retry=True,
+                    unreachable=True) from None
+    except requests.Timeout:
+        raise _Fail(f"no data for {timeout} s (timed out)", retry=True) from None
+    except requests.ConnectionError as e:
+        raise _Fail(f"connection failed ({_short(e)})", retry=True, unreachable=True) from None
+    except requests.RequestException as e:   # ChunkedEncodingError: body cut short, etc.
+        raise _Fail(f"transfer failed ({_short(e)})", retry=True) from None
+
+
+def _short(e):
+    text = str(e)
+    if "IncompleteRead" in text or "Connection broken" in text:
+        return "connection broken mid-body, truncated"
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+def _fetch_local(src, tmp, bar):
+    try:
+        with open(src, "rb") as f:
+            bar.reset(total=os.fstat(f.fileno()).st_size)
+            while chunk := f.read(1 << 20):
+                tmp.write(chunk)
+                bar.update(len(chunk))
+    except FileNotFoundError:
+        raise _Fail("not found", missing=True) from None
+    except OSError as e:
+        raise _Fail(f"cannot read ({e.strerror or e})") from None
+
+
+def _try_source(src, folder, fname, spec, session, timeout, progress, desc):
+    """Fetch src into a temporary file beside the cache file, verify, rename. Raises _Fail."""
+    from tqdm import tqdm
+
+    if src.startswith("file://"):
+        src = unquote(urlsplit(src).path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f, tqdm(desc=desc, unit="B", unit_scale=True,
+                                            unit_divisor=1024, file=sys.stderr, leave=False,
+                                            disable=not progress) as bar:
+            if src.startswith(("http://", "https://")):
+                _fetch_http(session, src, f, spec, timeout, bar)
+            else:
+                _fetch_local(src, f, bar)
+        reason = _verify(tmp, spec)
+        if reason is not None:
+            raise _Fail(reason)
+        _plain_mode(tmp)
+        os.replace(tmp, folder / fname)
+    finally:
+        _unlink(tmp)   # after a successful rename there is nothing left to remove
+
+
+def _try_with_retries(src, folder, fname, spec, session, timeout, progress, retries, backoff,
+                      desc):
+    """None once src delivered a verified file, else the last _Fail (transient ones retried)."""
+    for attempt in range(retries + 1):
+        try:
+            _try_source(src, folder, fname, spec, session, timeout, progress, desc)
+            return None
+        except _Fail as e:
+            if not e.retry or attempt == retries:
+                return e
+            time.sleep(backoff * 2 ** attempt)
+
+
+def _ensure(dataset, fnames, root, mirror_list, progress, timeout, retries, backoff):
+    """Make sure each of fnames is verified in the cache; returns the dataset folder."""
+    info = _check_dataset(dataset)
+    folder = _cache_root(root) / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    if mirror_list is None:
+        mirror_list = mirrors(dataset)
+    elif isinstance(mirror_list, (str, os.PathLike)):
+        mirror_list = [str(mirror_list)]
+    stamps = _read_stamps(folder)
+    before = dict(stamps)
+    failures = {}
+    session = None
+    dead = {}        # mirror -> reason: unreachable once, not asked again in this call
+    flat_first = set()   # mirrors where <mirror>/<file> worked: try that form first next time
+
+    for fname in fnames:
+        spec = info["files"][fname]
+        if _cached_ok(folder, fname, spec, stamps):
+            continue
+        _unlink(folder / fname)          # a bad cached file never stays under the real name
+        stamps.pop(fname, None)
+        if session is None and any(str(m).startswith(("http://", "https://"))
+                                   for m in mirror_list):
+            import requests
+            session = requests.Session()
+            session.headers["User-Agent"] = USER_AGENT
+        tries = []
+        for mirror in map(str, mirror_list):
+            if mirror in dead:
+                tries.append((mirror, f"skipped, unreachable earlier ({dead[mirror]})"))
+                continue
+            cands = _candidates(mirror, dataset, fname)
+            if mirror in flat_first:
+                cands.reverse()
+            reasons = []
+            for src in cands:
+                fail = _try_with_retries(src, folder, fname, spec, session, timeout, progress,
+                                         retries, backoff, desc=f"{dataset}/{fname}")
+                if fail is None:
+                    break
+                reasons.append((src, fail))
+                if fail.unreachable:
+                    dead[mirror] = str(fail)
+                    break      # the host is down: its other URL form will not work either
+            if fail is None:
+                if src == _candidates(mirror, dataset, fname)[-1]:
+                    flat_first.add(mirror)
+                stamps[fname] = _stat_key(folder / fname)
+                if progress:
+                    _note(f"{dataset}/{fname}: verified, from {src}")
+                break
+            tries += _summarize(mirror, reasons)
+            if progress:
+                _note(f"{dataset}/{fname}: {mirror} failed: {tries[-1][1]}")
+        else:
+            failures[fname] = tries
+
+    if stamps != before:
+        _write_stamps(folder, stamps)
+    if session is not None:
+        session.close()
+    if failures:
+        raise DownloadError(dataset, failures)
+    return folder
+
+
+def _summarize(mirror, reasons):
+    """[(source, reason)] for one mirror's failed candidates; 'not found' in the <dataset>/<file>
+    form is dropped when the other form failed for a more telling reason."""
+    telling = [(src, str(e)) for src, e in reasons if not e.missing]
+    if telling:
+        return telling
+    whys = sorted({str(e) for _, e in reasons})
+    return [(str(mirror), f"{' / '.join(whys)} (tried {', '.join(src for src, _ in reasons)})")]
+
+
+def _note(msg):
+    from tqdm import tqdm
+    tqdm.write(msg, file=sys.stderr)
+
+
+def download(dataset, data_dir=None, mirrors=None, progress=True, timeout=30, retries=3,
+             backoff=0.5):
+    """Make sure all four files of dataset are in the cache and verified; returns the folder.
+
+    mirrors: None for `mirrors(dataset)` ($MINIVAE_MIRROR, Debian's folder, the public mirrors),
+    or the exact list of sources to try, in order (use `mirrors(dataset, extra=...)` to put your
+    own in front of the defaults). For each source the file is looked for at
+    <source>/<dataset>/<file> and then at <source>/<file>, so both a mirror laid out like
+    ../shared/data and a flat one (the public mirrors) work.
+
+    Each attempt streams into a temporary file beside the cache file and is renamed only after it
+    has passed: size and hash of the .gz (md5 and sha256), or -- for mirrors that recompress --
+    the sha256 of the decompressed IDX, plus a clean gzip stream and an IDX header declaring the
+    expected shape. Timeouts, connection errors, 5xx and truncated bodies are retried `retries`
+    times with exponential backoff (backoff, 2*backoff, ...); anything else moves on to the next
+    source. Cached files are verified again, unless nothing touched them since they last passed
+    (see `_stat_key`). Raises DownloadError listing, per failed file, every source and why.
+    """
+    return _ensure(dataset, FILES, data_dir, mirrors, progress, timeout, retries, backoff)
+
+
+def load(dataset, split, data_dir=None, mirrors=None, limit=None, download=True):
+    """(images uint8 (N, 28, 28), labels uint8 (N,)) of a split ('train' or 'test').
+
+    Fetches the split's two files first if they are missing or fail verification (download=True);
+    with download=False a missing file is a FileNotFoundError. limit keeps the first N examples.
+    """
+    info = _check_dataset(dataset)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
+    fnames = SPLITS[split]
+    for attempt in range(2):
+        if download:
+            folder = _ensure(dataset, fnames, data_dir, mirrors, True, 30, 3, 0.5)
+        else:
+            folder = _cache_root(data_dir) / dataset
+            for f in fnames:
+                if not (folder / f).is_file():
+                    raise FileNotFoundError(
+                        f"{folder / f} is missing; run `minivae download --dataset {dataset}`")
+        try:
+            arrays = [read_idx(folder / f) for f in fnames]
+            for f, a in zip(fnames, arrays):
+                if a.shape != tuple(info["files"][f]["shape"]):
+                    raise IDXError(f"{folder / f}: shape {a.shape}, expected "
+                                   f"{tuple(info['files'][f]['shape'])}")
+            break
+        except IDXError:
+            if not download or attempt == 1:
+                raise
+            # The stamp said "verified" but the file no longer reads: forget it and fetch again.
+            stamps = _read_stamps(folder)
+            for f in fnames:
+                stamps.pop(f, None)
+            _write_stamps(folder, stamps)
+    images, labels = arrays
+    if limit is not None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. The batch pipeline
+# --------------------------------------------------------------------------------------------------
+
+def to_float(images, xp=np, dtype=np.float32, pad=0, flatten=False):
+    """uint8 images (N, H, W) -> floats in [0, 1] on backend xp.
+
+    Shape (N, 1, H + 2 pad, W + 2 pad), zeros in the border, or (N, (H + 2 pad) (W + 2 pad)) with
+    flatten. Converted on the host in one go (a 256-entry lookup table gives exactly v / 255 in
+    the target dtype), then moved to the device in one transfer.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
+    dtype = np.dtype(dtype)
+    lut = (np.arange(256, dtype=np.float64) / 255.0).astype(dtype)
+    n, h, w = images.shape
+    if pad:
+        x = np.zeros((n, 1, h + 2 * pad, w + 2 * pad), dtype=dtype)
+        x[:, 0, pad:pad + h, pad:pad + w] = lut[images]
+    else:
+        x = lut[images].reshape(n, 1, h, w)
+    if flatten:
+        x = x.reshape(n, -1)
+    return to_device(x, xp)
+
+
+def num_batches(n, batch_size, drop_last):
+    """How many batches `batches` yields for n examples."""
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def batches(images, labels=None, *, batch_size, xp=np, dtype=np.float32, rng=None, shuffle=True,
+            drop_last=False, pad=0, flatten=False):
+    """One epoch of (x, y) batches.
+
+    x: floats in [0, 1] on backend xp (see `to_float` for shapes); y: the matching host uint8
+    labels, or None without labels. The shuffle order is drawn from rng (a NumPy Generator, or a
+    seed; None draws fresh entropy) once, when batches() is called, so a generator shared across
+    epochs gives a new, reproducible order each epoch. drop_last=True yields full batches only.
+    """
+    images = np.asarray(images)
+    n = len(images)
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{n} images but {len(labels)} labels")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = make_rng(rng).permutation(n) if shuffle else np.arange(n)
+    count = num_batches(n, batch_size, drop_last)
+
+    def generate():
+        for b in range(count):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            x = to_float(images[idx], xp, dtype, pad, flatten)
+            y = None if labels is None else np.asarray(labels)[idx]
+            yield x, y
+
+    return generate()
