@@ -1,0 +1,242 @@
+"""Pictures: image grids (PNG via Pillow), loss curves and latent scatters (matplotlib).
+
+Everything here takes host NumPy arrays and writes one file. Files are written to a temporary
+name and renamed, so an interrupted run never leaves a half-written picture under the real name.
+matplotlib is used through its object API (``Figure`` + the Agg canvas), never ``pyplot``, so no
+global state and no display is involved.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+# Names of the ten classes, for the legend of the latent scatter.
+CLASS_NAMES = {
+    "mnist": [str(d) for d in range(10)],
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+}
+
+
+def _replace(tmp, path):
+    os.replace(tmp, path)
+
+
+def to_uint8(images):
+    """Values in [0, 1] (any float dtype) -> uint8 pixels; anything outside is clipped."""
+    images = np.asarray(images, dtype=np.float64)
+    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def as_square_images(x):
+    """(N, 784) or (N, 1, H, W) or (N, H, W) -> (N, H, W)."""
+    x = np.asarray(x)
+    if x.ndim == 2:
+        side = int(round(np.sqrt(x.shape[1])))
+        if side * side != x.shape[1]:
+            raise ValueError(f"cannot view {x.shape[1]} values as a square image")
+        return x.reshape(len(x), side, side)
+    if x.ndim == 4:
+        return x[:, 0]
+    if x.ndim == 3:
+        return x
+    raise ValueError(f"expected images shaped (N, D), (N, H, W) or (N, 1, H, W), got {x.shape}")
+
+
+def image_grid(images, ncol, pad=0, pad_value=0.0):
+    """Tile images (N, H, W) row by row into one (rows*H, ncol*W) array (blank cells at the end).
+
+    The seeds' `convert_to_image` lays a batch out the same way: image i goes to row i // ncol,
+    column i % ncol.
+    """
+    images = as_square_images(images)
+    n, h, w = images.shape
+    nrow = -(-n // ncol)
+    out = np.full((nrow * (h + pad) - pad, ncol * (w + pad) - pad), pad_value, dtype=np.float64)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = images[i]
+    return out
+
+
+def save_png(path, image, scale=1):
+    """Write a grey image with values in [0, 1] (H, W) as an 8-bit PNG, atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    pixels = to_uint8(image)
+    if scale > 1:
+        pixels = np.kron(pixels, np.ones((scale, scale), dtype=np.uint8))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    Image.fromarray(pixels, mode="L").save(tmp, format="PNG")
+    _replace(tmp, path)
+    return path
+
+
+def save_grid(path, images, ncol, pad=0, scale=1):
+    """Tile images (values in [0, 1]) into a grid with `ncol` columns and save it as a PNG."""
+    return save_png(path, image_grid(images, ncol, pad=pad), scale=scale)
+
+
+def side_by_side(originals, reconstructions, pad=2):
+    """Two rows: originals on top, their reconstructions below, separated by a white gap."""
+    a = as_square_images(originals)
+    b = as_square_images(reconstructions)
+    top = image_grid(a, len(a), pad=pad, pad_value=1.0)
+    bottom = image_grid(b, len(b), pad=pad, pad_value=1.0)
+    gap = np.ones((pad * 2, top.shape[1]))
+    return np.concatenate([top, gap, bottom], axis=0)
+
+
+def _save_figure(fig, path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = Path(path)
+    FigureCanvasAgg(fig)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, format="png")
+    _replace(tmp, path)
+    return path
+
+
+def loss_curves(path, rows):
+    """Train loss and test negative ELBO per epoch (rows: the metrics.csv rows as dicts)."""
+    from matplotlib.figure import Figure
+
+    epochs = [int(r["epoch"]) for r in rows]
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train loss (−ELBO + reg)")
+    ax.plot(epochs, [float(r["test_neg_elbo"]) for r in rows], "s-", label="test −ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per image")
+    ax.set_xticks(epochs if len(epochs) <= 20 else ax.get_xticks())
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def pca_2d(points):
+    """Project points (N, D) on their first two principal axes; returns (coords (N, 2), axes (2, D))."""
+    points = np.asarray(points, dtype=np.float64)
+    centred = points - points.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    axes = vt[:2]
+    # Fix the sign of each axis (largest component positive) so the picture is reproducible.
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
+    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
+    return centred @ axes.T, axes
+
+
+def latent_scatter(path, coords, labels, class_names=None, xlabel="z[0]", ylabel="z[1]", title=None):
+    """Scatter of 2-D latent coordinates coloured by class label."""
+    from matplotlib.figure import Figure
+
+    coords = np.asarray(coords)
+    labels = np.asarray(labels).astype(int)
+    fig = Figure(figsize=(7, 6), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = __import__("matplotlib").colormaps["tab10"]
+    for k in np.unique(labels):
+        sel = labels == k
+        name = class_names[k] if class_names is not None and k < len(class_names) else str(k)
+        ax.scatter(coords[sel, 0], coords[sel, 1], s=3, alpha=0.6, color=cmap(k % 10),
+                   label=name, linewidths=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_aspect("equal", adjustable="datalim")
+    if title:
+        ax.set_title(title)
+    ax.legend(markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def manifold_points(n=11, lo=-2.0, hi=2.0):
+    """The (n*n, 2) grid of the seed's manifold: z1 runs along a row, z2 down the columns."""
+    z = np.linspace(lo, hi, n)
+    z1 = np.tile(z, n)        # Julia: repeat(z, len)
+    z2 = np.repeat(z, n)      # Julia: sort(z1)
+    return np.stack([z1, z2], axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# `minivae plot RUN`: pictures of a trained model
+# --------------------------------------------------------------------------------------------
+
+def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, mirrors=None,
+             limit=None, log=print, warn=None):
+    """Write clustering.png, manifold.png, test-image-<i>.png / reconstruction-<i>.png and
+    test-vs-reconstruction.png into run_dir; returns the list of files written.
+
+    clustering.png: the encoder means of the test set, coloured by label. A 2-D latent is shown
+    as is; a larger one is projected on the first two principal axes of those means.
+    manifold.png: decodes of an 11x11 grid over [-2, 2]^2 -- the latent plane itself for 2-D
+    latents, else the plane through the origin spanned by the same two principal axes.
+    """
+    from minivae import data, train as T
+    from minivae.backend import to_host
+
+    model, cfg, ckpt = T.load_run(run_dir, epoch, backend, log=warn)
+    if data_dir is not None:
+        cfg["data_dir"] = data_dir
+    if mirrors:
+        cfg["mirrors"] = list(mirrors)
+    images, labels = T.load_split(cfg, "test", limit if limit is not None else cfg["limit"])
+    pad, flatten, _ = T.layout(cfg)
+    run = Path(run_dir)
+    xp = model.xp
+    written = []
+
+    with np.errstate(all="ignore"):
+        means = []
+        for x, _ in data.batches(images, None, batch_size=T.EVAL_BATCH, xp=xp, dtype=model.dtype,
+                                 rng=np.random.default_rng(0), shuffle=False, pad=pad,
+                                 flatten=flatten):
+            means.append(to_host(model.encode(x)[0]).astype(np.float64))
+        means = np.concatenate(means)
+        d = means.shape[1]
+        names = CLASS_NAMES.get(cfg["dataset"])
+        title = f"{cfg['model']} VAE on {cfg['dataset']}, epoch {ckpt.epoch}: test-set means"
+        if d == 1:
+            coords, axes = np.stack([means[:, 0], np.zeros(len(means))], axis=1), None
+            xl, yl = "z[0]", "(1-D latent)"
+        elif d == 2:
+            coords, axes = means, None
+            xl, yl = "z[0]", "z[1]"
+        else:
+            coords, axes = pca_2d(means)
+            xl, yl = f"principal axis 1 of the {d}-D means", f"principal axis 2 of the {d}-D means"
+            title += " (PCA projection)"
+        written.append(latent_scatter(run / "clustering.png", coords, labels, names, xl, yl, title))
+
+        pts = manifold_points()
+        if d == 2:
+            z = pts
+        elif d == 1:
+            z = pts[:, :1]
+        else:
+            z = pts @ axes          # (121, d): the plane of the two principal axes, through 0
+        z = xp.asarray(z.astype(model.dtype))
+        probs = to_host(T.sigmoid(xp, model.decode(z)))
+        written.append(save_grid(run / "manifold.png", probs, ncol=11))
+        if d > 2:
+            log(f"minivae: latent has {d} dimensions: clustering.png shows the test means projected "
+                f"on their first two principal axes; manifold.png decodes [-2, 2]^2 on the plane "
+                f"spanned by those axes (all other directions at 0)")
+
+        # As seed 001's visualise: a shuffled batch of test images and their reconstructions.
+        rng = T.stream_rng(cfg["seed"], T.STREAM_VIS)
+        idx = rng.permutation(len(images))[:num_images]
+        x = data.to_float(images[idx], xp, model.dtype, pad=pad, flatten=flatten)
+        eps = T.noise(rng, (len(idx), d), xp, model.dtype)
+        recon = as_square_images(T.reconstruct(model, x, eps))
+        orig = as_square_images(to_host(x))
+        for i in range(len(idx)):
+            written.append(save_png(run / f"test-image-{i + 1}.png", orig[i]))
+            written.append(save_png(run / f"reconstruction-{i + 1}.png", recon[i]))
+        written.append(save_png(run / "test-vs-reconstruction.png", side_by_side(orig, recon),
+                                scale=2))
+    return written
