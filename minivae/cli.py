@@ -87,6 +87,12 @@ def _data_args(p):
                         "<dataset>/<file>; repeatable, tried in order (also $MINIVAE_MIRROR)")
 
 
+def _no_download_arg(p):
+    p.add_argument("--no-download", action="store_true",
+                   help="use the files in the data folder as they are: never download, "
+                        "skip the checksums (e.g. your own IDX files)")
+
+
 def build_parser():
     parser = Parser(prog=PROG, description="Variational autoencoders on a from-scratch "
                                            "NumPy/CuPy engine.")
@@ -117,6 +123,7 @@ def build_parser():
     p.add_argument("--seed", type=non_negative_int, help="random seed (default 0)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: output/<model>-<dataset>)")
     _data_args(p)
+    _no_download_arg(p)
     p.add_argument("--limit", type=positive_int, metavar="N",
                    help="use only the first N training and N test images (quick runs)")
     p.add_argument("--resume", action="store_true",
@@ -146,6 +153,7 @@ def build_parser():
                    help="importance samples per image (default: %(default)s)")
     _backend_arg(p)
     _data_args(p)
+    _no_download_arg(p)
     p.add_argument("--limit", type=positive_int, metavar="N",
                    help="evaluate on the first N test images (default: as the run was trained)")
     p.set_defaults(func=cmd_evaluate)
@@ -156,6 +164,7 @@ def build_parser():
     p.add_argument("--epoch", type=positive_int, help="checkpoint to use (default: the newest)")
     _backend_arg(p)
     _data_args(p)
+    _no_download_arg(p)
     p.add_argument("--limit", type=positive_int, metavar="N",
                    help="use the first N test images (default: as the run was trained)")
     p.set_defaults(func=cmd_plot)
@@ -207,6 +216,7 @@ def cmd_train(args):
                         weight_decay=args.weight_decay, latent_dim=args.latent_dim,
                         hidden_dim=args.hidden_dim, seed=args.seed, out=args.out,
                         data_dir=args.data_dir, mirrors=args.mirror, limit=args.limit,
+                        download=not args.no_download,
                         sample_size=args.sample_size, log_every=args.log_every,
                         tensorboard=args.tensorboard, dtype=args.dtype, backend=args.backend)
     T.train(cfg, resume=args.resume, progress=not args.no_progress)
@@ -230,7 +240,8 @@ def cmd_evaluate(args):
 
     r = T.evaluate_run(args.run, epoch=args.epoch, iw_samples=args.iw_samples,
                        backend=args.backend, limit=args.limit, data_dir=args.data_dir,
-                       mirrors=args.mirror, log=_err)
+                       mirrors=args.mirror, download=False if args.no_download else None,
+                       log=_err)
     print(f"{r['model']} VAE, epoch {r['epoch']}, {r['images']} {r['dataset']} test images, "
           f"backend {r['backend']}")
     print(f"negative ELBO          {r['neg_elbo']:10.4f} nats/image  (mean over the "
@@ -244,7 +255,7 @@ def cmd_plot(args):
 
     files = plots.plot_run(args.run, epoch=args.epoch, backend=args.backend,
                            data_dir=args.data_dir, mirrors=args.mirror, limit=args.limit,
-                           log=print, warn=_err)
+                           download=False if args.no_download else None, log=print, warn=_err)
     shown = [f.name for f in files if not f.name.startswith(("test-image-", "reconstruction-"))]
     print(f"minivae: wrote {', '.join(shown)} and test-image-<i>.png / reconstruction-<i>.png "
           f"in {args.run}")

@@ -167,7 +167,7 @@ def manifold_points(n=11, lo=-2.0, hi=2.0):
 # --------------------------------------------------------------------------------------------
 
 def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, mirrors=None,
-             limit=None, log=print, warn=None):
+             download=None, limit=None, log=print, warn=None):
     """Write clustering.png, manifold.png, test-image-<i>.png / reconstruction-<i>.png and
     test-vs-reconstruction.png into run_dir; returns the list of files written.
 
@@ -180,10 +180,7 @@ def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, m
     from minivae.backend import to_host
 
     model, cfg, ckpt = T.load_run(run_dir, epoch, backend, log=warn)
-    if data_dir is not None:
-        cfg["data_dir"] = data_dir
-    if mirrors:
-        cfg["mirrors"] = list(mirrors)
+    T.data_overrides(cfg, data_dir, mirrors, download)
     images, labels = T.load_split(cfg, "test", limit if limit is not None else cfg["limit"])
     pad, flatten, _ = T.layout(cfg)
     run = Path(run_dir)

@@ -90,8 +90,8 @@ def make_config(model="mlp", **settings):
     if model not in MODEL_DEFAULTS:
         raise TrainError(f"unknown model {model!r}; choose one of {', '.join(MODEL_DEFAULTS)}")
     cfg = dict(model=model, **MODEL_DEFAULTS[model], seed=0, limit=None, dtype="float32",
-               backend="auto", out=None, data_dir=None, mirrors=[], log_every=10,
-               tensorboard=False)
+               backend="auto", out=None, data_dir=None, mirrors=[], download=True,
+               log_every=10, tensorboard=False)
     for key, value in settings.items():
         if key not in cfg:
             raise TypeError(f"make_config: unknown setting {key!r}")
@@ -392,8 +392,11 @@ def _warn(msg):
 
 
 def load_split(cfg, split, limit=None):
+    """A split of the run's dataset; with cfg["download"] False, the cached files are used as
+    they are (no download, no checksum: how tests feed in synthetic IDX files)."""
     return data.load(cfg["dataset"], split, data_dir=cfg.get("data_dir"),
-                     mirrors=cfg.get("mirrors") or None, limit=limit)
+                     mirrors=cfg.get("mirrors") or None, limit=limit,
+                     download=cfg.get("download", True))
 
 
 def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=None):
@@ -637,13 +640,21 @@ def evaluate(model, images, cfg, iw_samples=100, batch_size=None, seed_stream=ST
     return {"images": n, "iw_samples": K, "neg_elbo": -elbo_sum / n, "neg_log_px": -iwae_sum / n}
 
 
-def evaluate_run(run_dir, epoch=None, iw_samples=100, backend="auto", limit=None, data_dir=None,
-                 mirrors=None, log=None):
-    model, cfg, ckpt = load_run(run_dir, epoch, backend, log=log)
+def data_overrides(cfg, data_dir=None, mirrors=None, download=None):
+    """cfg with the data location replaced where the caller gave one (evaluate / plot flags)."""
     if data_dir is not None:
         cfg["data_dir"] = data_dir
     if mirrors:
         cfg["mirrors"] = list(mirrors)
+    if download is not None:
+        cfg["download"] = download
+    return cfg
+
+
+def evaluate_run(run_dir, epoch=None, iw_samples=100, backend="auto", limit=None, data_dir=None,
+                 mirrors=None, download=None, log=None):
+    model, cfg, ckpt = load_run(run_dir, epoch, backend, log=log)
+    data_overrides(cfg, data_dir, mirrors, download)
     test_x, _ = load_split(cfg, "test", limit if limit is not None else cfg["limit"])
     with np.errstate(all="ignore"):
         result = evaluate(model, test_x, cfg, iw_samples=iw_samples)
