@@ -84,7 +84,8 @@ def _data_args(p):
                    help="download cache (default: $MINIVAE_DATA or ./data)")
     p.add_argument("--mirror", metavar="URL_OR_DIR", action="append", default=[],
                    help="where to download from: an http(s) URL or a folder laid out as "
-                        "<dataset>/<file>; repeatable, tried in order (also $MINIVAE_MIRROR)")
+                        "<dataset>/<file>; repeatable, tried in order instead of the default "
+                        "list ($MINIVAE_MIRROR, then the public mirrors)")
 
 
 def _no_download_arg(p):
@@ -286,6 +287,21 @@ def _one_line(e):
     return text or type(e).__name__
 
 
+def _error_message(e):
+    """The one line that describes exception e to the user."""
+    lines = str(e).strip().splitlines()
+    if type(e).__name__ == "DownloadError" and len(lines) > 1:   # one line per failed file
+        return f"{lines[0]} (and {len(lines) - 1} more file(s) failed)"
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, _known_errors() + (OSError, ValueError)):
+        return _one_line(e)
+    if isinstance(e, MemoryError):
+        return "out of memory (try a smaller --batch-size)"
+    return (f"unexpected {type(e).__name__}: {_one_line(e)} "
+            f"(set MINIVAE_DEBUG=1 for the traceback)")
+
+
 def main(argv=None):
     """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
     try:
@@ -304,16 +320,7 @@ def main(argv=None):
     except Exception as e:
         if os.environ.get("MINIVAE_DEBUG"):
             raise
-        if isinstance(e, _known_errors()):
-            _err(f"{PROG}: error: {_one_line(e)}")
-        elif isinstance(e, OSError):
-            where = f" {e.filename}" if getattr(e, "filename", None) else ""
-            _err(f"{PROG}: error:{where}: {e.strerror or _one_line(e)}")
-        elif isinstance(e, MemoryError):
-            _err(f"{PROG}: error: out of memory (try a smaller --batch-size)")
-        else:
-            _err(f"{PROG}: error: unexpected {type(e).__name__}: {_one_line(e)} "
-                 f"(set MINIVAE_DEBUG=1 for the traceback)")
+        _err(f"{PROG}: error: {_error_message(e)}")
         return 1
 
 

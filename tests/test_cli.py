@@ -1,0 +1,257 @@
+"""The `minivae` command line: a whole session in-process, and every kind of bad input."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minivae import cli
+from minivae import train as T
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = ROOT / "bin" / "minivae"
+
+TINY = ["--dataset", "fashion-mnist", "--limit", "256", "--batch-size", "64", "--hidden-dim",
+        "16", "--sample-size", "3", "--backend", "numpy", "--no-progress", "--no-download"]
+
+
+def minivae(capsys, *argv):
+    """Run `minivae argv...` in-process: (exit status, stdout, stderr)."""
+    rc = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def assert_clean_error(rc, err, *fragments, status=None):
+    assert rc != 0 if status is None else rc == status
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("minivae: error: "), err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, synthetic_data_dir):
+    """`minivae train --model mlp` for 2 epochs through main(), shared by the tests below."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    rc = cli.main(["train", "--model", "mlp", "--epochs", "2", "--out", str(out), "--data-dir",
+                   str(synthetic_data_dir), *TINY])
+    assert rc == 0
+    return out
+
+
+def test_train_evaluate_plot_session(cli_run, capsys, synthetic_data_dir):
+    out = cli_run
+    assert (out / "metrics.csv").read_text().count("\n") == 3
+    rc, stdout, err = minivae(capsys, "evaluate", out, "--iw-samples", "20", "--backend", "numpy")
+    assert rc == 0, err
+    assert "negative ELBO" in stdout and "IWAE K=20" in stdout and "256 fashion-mnist" in stdout
+    rc, stdout, err = minivae(capsys, "plot", out, "--epoch", "1", "--backend", "numpy")
+    assert rc == 0, err
+    assert (out / "clustering.png").is_file() and (out / "reconstruction-8.png").is_file()
+
+
+def test_auto_backend_says_what_it_picked(tmp_path, capsys, synthetic_data_dir):
+    rc, stdout, err = minivae(capsys, "train", "--model", "mlp", "--epochs", "1", "--out",
+                              tmp_path / "r", "--data-dir", synthetic_data_dir,
+                              *[a if a != "numpy" else "auto" for a in TINY])
+    assert rc == 0, err
+    assert "backend auto -> " in err
+    assert "epoch 1/1: train loss" in stdout
+
+
+def test_resume_flag(cli_run, tmp_path, capsys, synthetic_data_dir):
+    out = tmp_path / "r"
+    common = ["--model", "mlp", "--out", out, "--data-dir", synthetic_data_dir, *TINY]
+    assert minivae(capsys, "train", "--epochs", "1", *common)[0] == 0
+    rc, _, err = minivae(capsys, "train", "--epochs", "2", *common)
+    assert_clean_error(rc, err, "--resume")
+    rc, stdout, err = minivae(capsys, "train", "--epochs", "2", "--resume", *common)
+    assert rc == 0, err
+    assert "resuming" in stdout
+    strip = lambda p: [l.rsplit(",", 1)[0] for l in p.read_text().splitlines()]  # noqa: E731
+    assert strip(out / "metrics.csv") == strip(cli_run / "metrics.csv")
+
+
+def test_help_and_registered_subcommands(capsys):
+    assert cli.main(["--help"]) == 0
+    for sub in ("train", "download", "evaluate", "plot", "gradcheck", "bench"):
+        assert cli.main([sub, "--help"]) == 0, sub
+    out = capsys.readouterr().out
+    assert "--iw-samples" in out and "--tensorboard" in out and "--mirror" in out
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    ([], "required"),
+    (["frobnicate"], "invalid choice"),
+    (["train", "--model", "transformer"], "--model"),
+    (["train", "--dataset", "cifar10"], "--dataset"),
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--epochs", "-3"], "--epochs"),
+    (["train", "--epochs", "two"], "--epochs"),
+    (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--lr", "0"], "--lr"),
+    (["train", "--lr", "-1e-3"], "--lr"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--lr", "inf"], "--lr"),
+    (["train", "--beta", "-1"], "--beta"),
+    (["train", "--latent-dim", "0"], "--latent-dim"),
+    (["train", "--limit", "0"], "--limit"),
+    (["train", "--dtype", "float16"], "--dtype"),
+    (["train", "--backend", "tpu"], "--backend"),
+    (["train", "--bogus-flag"], "unrecognized"),
+    (["evaluate"], "RUN_DIR"),
+    (["evaluate", "x", "--iw-samples", "0"], "--iw-samples"),
+    (["plot", "x", "--epoch", "-1"], "--epoch"),
+])
+def test_bad_command_lines(capsys, argv, fragment):
+    rc, _, err = minivae(capsys, *argv)
+    assert_clean_error(rc, err, fragment, status=2)
+
+
+def test_unusable_backend(capsys, tmp_path, synthetic_data_dir):
+    from minivae.backend import cupy_status
+
+    if cupy_status()[0] is not None:
+        pytest.skip("CuPy is usable here")
+    rc, _, err = minivae(capsys, "train", "--backend", "cupy", "--out", tmp_path / "r")
+    assert_clean_error(rc, err, "cupy", status=1)
+
+
+def test_unwritable_out_dir(capsys, tmp_path, synthetic_data_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    rc, _, err = minivae(capsys, "train", "--out", blocker / "run", "--data-dir",
+                         synthetic_data_dir, *TINY)
+    assert_clean_error(rc, err, "cannot write to output folder", status=1)
+    rc, _, err = minivae(capsys, "train", "--out", blocker, "--data-dir", synthetic_data_dir,
+                         *TINY)
+    assert_clean_error(rc, err, "not a folder", status=1)
+
+
+def test_missing_data(capsys, tmp_path):
+    rc, _, err = minivae(capsys, "train", "--out", tmp_path / "r", "--data-dir",
+                         tmp_path / "empty", *TINY)
+    assert_clean_error(rc, err, "missing", status=1)
+
+
+def test_download_failure_is_one_line(capsys, tmp_path):
+    rc, _, err = minivae(capsys, "download", "--dataset", "mnist", "--data-dir", tmp_path / "d",
+                         "--mirror", tmp_path / "no-such-mirror")
+    # The data module may print progress notes; the last line is the error.
+    last = err.strip().splitlines()[-1]
+    assert rc == 1 and last.startswith("minivae: error: ") and "Traceback" not in err
+
+
+def test_bad_run_folders(capsys, tmp_path, cli_run):
+    for cmd in ("evaluate", "plot"):
+        rc, _, err = minivae(capsys, cmd, tmp_path / "nope")
+        assert_clean_error(rc, err, "does not exist", status=1)
+        empty = tmp_path / "empty"
+        empty.mkdir(exist_ok=True)
+        rc, _, err = minivae(capsys, cmd, empty)
+        assert_clean_error(rc, err, "no checkpoints", status=1)
+        rc, _, err = minivae(capsys, cmd, cli_run, "--epoch", "7")
+        assert_clean_error(rc, err, "epoch 7", "epochs saved: 1, 2", status=1)
+
+
+def corrupt_copies(src, dst):
+    """Run folders whose newest checkpoint is broken in different ways."""
+    import shutil
+
+    good = (src / "checkpoints" / "model-2.npz").read_bytes()
+    cases = {
+        "garbage": b"this is not a checkpoint",
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+    }
+    # An npz holding a pickled object array: must be refused, never unpickled.
+    buf = io.BytesIO()
+    np.savez(buf, format=np.array(T.CHECKPOINT_FORMAT), epoch=np.array(2),
+             config=np.array([{"evil": 1}], dtype=object))
+    cases["pickle"] = buf.getvalue()
+    # A valid zip without the checkpoint's entries.
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("hello.txt", "hi")
+    cases["zip"] = buf.getvalue()
+    out = {}
+    for name, blob in cases.items():
+        run = dst / name
+        shutil.copytree(src, run)
+        (run / "checkpoints" / "model-2.npz").write_bytes(blob)
+        out[name] = run
+    return out
+
+
+def test_corrupt_checkpoints(capsys, tmp_path, cli_run):
+    for name, run in corrupt_copies(cli_run, tmp_path).items():
+        for cmd in ("evaluate", "plot"):
+            rc, _, err = minivae(capsys, cmd, run, "--backend", "numpy")
+            assert_clean_error(rc, err, "cannot read checkpoint", "model-2.npz", status=1)
+
+
+def test_config_mismatch_in_checkpoint(capsys, tmp_path, cli_run):
+    """A checkpoint whose parameters do not fit the model its config describes."""
+    import shutil
+
+    run = tmp_path / "mismatch"
+    shutil.copytree(cli_run, run)
+    path = run / "checkpoints" / "model-2.npz"
+    with np.load(path, allow_pickle=False) as z:
+        items = {k: z[k] for k in z.files}
+    items["param/encoder.0.W"] = items["param/encoder.0.W"][:, :3]
+    with open(path, "wb") as f:
+        np.savez(f, **items)
+    rc, _, err = minivae(capsys, "evaluate", run, "--backend", "numpy")
+    assert_clean_error(rc, err, "encoder.0.W", status=1)
+
+
+def test_bin_minivae_subprocess_bad_input():
+    p = subprocess.run([sys.executable, str(BIN), "train", "--epochs", "0"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip() == ("minivae: error: argument --epochs: must be a positive integer, "
+                                "got 0 (see `minivae train --help`)")
+    p = subprocess.run([sys.executable, "-m", "minivae", "evaluate", "/no/such/run"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 1 and p.stderr.startswith("minivae: error: run folder")
+    assert "Traceback" not in p.stderr
+
+
+def test_killed_process_resumes_to_the_same_numbers(tmp_path, synthetic_data_dir, cli_run):
+    """SIGKILL a real `bin/minivae train` at an arbitrary point after its first checkpoint,
+    then resume: the result is bit-identical to the uninterrupted run (cli_run)."""
+    out = tmp_path / "killed"
+    argv = [sys.executable, str(BIN), "train", "--model", "mlp", "--epochs", "2", "--out",
+            str(out), "--data-dir", str(synthetic_data_dir), *TINY]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoints" / "model-1.npz").exists():
+            assert proc.poll() is None, "training ended before its first checkpoint"
+            assert time.time() < deadline
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    rc = cli.main(["train", "--model", "mlp", "--epochs", "2", "--out", str(out), "--data-dir",
+                   str(synthetic_data_dir), "--resume", *TINY])
+    assert rc == 0
+    strip = lambda p: [l.rsplit(",", 1)[0] for l in p.read_text().splitlines()]  # noqa: E731
+    assert strip(out / "metrics.csv") == strip(cli_run / "metrics.csv")
+    with np.load(out / "checkpoints" / "model-2.npz") as a, \
+            np.load(cli_run / "checkpoints" / "model-2.npz") as b:
+        for k in a.files:
+            if k.startswith(("param/", "optim/", "rng/")):
+                assert np.array_equal(a[k], b[k]), k
