@@ -23,7 +23,13 @@ from minivae.conv import (conv2d, conv2d_transpose, conv2d_weight_grad, conv_out
 
 
 class Layer:
-    """Base class: no parameters, nothing cached."""
+    """Base class: no parameters, nothing cached.
+
+    skip_input_grad: a layer that reads the data itself (the first layer of an encoder) may set
+    this, and its backward then returns None instead of computing a dL/dx nobody uses.
+    """
+
+    skip_input_grad = False
 
     def __init__(self):
         self.params = {}
@@ -73,6 +79,8 @@ class Dense(Layer):
         # Each x[n,i] reaches every output o through W[i,o]: dx = dy W^T.
         self.grads["W"] = self.x.T @ dy                  # (in, out)
         self.grads["b"] = dy.sum(axis=0)                 # (out,)
+        if self.skip_input_grad:
+            return None
         return dy @ self.params["W"].T                   # (N, in)
 
     def __repr__(self):
@@ -119,6 +127,8 @@ class Conv2d(Layer):
         W = self.params["W"]
         self.grads["W"] = conv2d_weight_grad(self.cols, dy)                     # (F, C, kh, kw)
         self.grads["b"] = dy.sum(axis=(0, 2, 3))                               # (F,)
+        if self.skip_input_grad:
+            return None
         return conv2d_transpose(dy, W, self.stride, self.padding, self.in_hw)  # (N, C, H, W)
 
     def __repr__(self):
@@ -320,6 +330,8 @@ class Sequential(Layer):
         # dL/d(its input), which is the next layer down's dL/d(output).
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
+            if dy is None:          # the first layer skipped its input gradient
+                break
         return dy
 
     def __getitem__(self, i):

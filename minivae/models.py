@@ -82,10 +82,14 @@ class VAE:
         """The loss terms without gradients (same numbers as loss_and_grads)."""
         return self._forward(x, noise, beta, weight_decay)[0]
 
-    def loss_and_grads(self, x, noise=None, beta=1.0, weight_decay=0.01):
-        """Forward, then backward through the whole objective; fills self.grads. -> LossTerms."""
+    def loss_and_grads(self, x, noise=None, beta=1.0, weight_decay=0.01, input_grad=False):
+        """Forward, then backward through the whole objective; fills self.grads. -> LossTerms.
+
+        With input_grad=True also sets self.input_grad = dL/dx (for gradient checks; training
+        skips it, since nothing upstream of the data needs it).
+        """
         terms, cache = self._forward(x, noise, beta, weight_decay)
-        eps, sigma, dlogits, dmu_kl, dscale_kl = cache
+        logits, eps, sigma, dlogits, dmu_kl, dscale_kl = cache
         n = x.shape[0]
         # recon and kl are sums divided by n, so every elementwise gradient is divided by n too.
         dz = self.decoder.backward(dlogits / n)                          # (N, latent)
@@ -96,7 +100,12 @@ class VAE:
         dscale = dz * eps * (self.LOG_SIGMA_PER_UNIT * sigma) + (beta / n) * dscale_kl
         # Both heads read the same h, so dL/dh is the sum of what each head sends back.
         dh = self.mu.backward(dmu) + self.scale.backward(dscale)
-        self.encoder.backward(dh)
+        self.encoder.layers[0].skip_input_grad = not input_grad
+        dx = self.encoder.backward(dh)
+        if input_grad:
+            # x reaches the loss twice: through the encoder, and as the BCE target, where
+            # d/dx [max(l,0) - l x + log(1 + e^-|l|)] = -l.
+            self.input_grad = dx - logits / n
         # reg = lambda sum p^2 adds 2 lambda p to each penalised parameter's gradient.
         _, dreg = l2_penalty({k: self.params[k] for k in self.regularized}, weight_decay)
         for name, g in dreg.items():
@@ -115,7 +124,7 @@ class VAE:
         reg, _ = l2_penalty({k: self.params[k] for k in self.regularized}, weight_decay)
         recon, kl_value = float(bce.sum()) / n, float(kl.sum()) / n
         terms = LossTerms(recon + beta * kl_value + reg, recon, kl_value, reg)
-        return terms, (eps, sigma, dlogits, dmu_kl, dscale_kl)
+        return terms, (logits, eps, sigma, dlogits, dmu_kl, dscale_kl)
 
     def __repr__(self):
         parts = [f"  {name}: {layer!r}".replace("\n", "\n  ") for name, layer in

@@ -1,0 +1,309 @@
+"""The gradient-check suite: every hand-written backward against central finite differences.
+
+How one check works (cs231n's recipe). For a layer y = f(x; params), pick a random upstream
+gradient g shaped like y and define the scalar L = sum(f(x) * g). Then layer.backward(g) must
+return dL/dx and fill dL/dparams. For every input and parameter tensor T we compare:
+
+  * sampled coordinates: (L(T + h e_i) - L(T - h e_i)) / 2h  against  dL/dT[i];
+  * a random direction u: (L(T + h u) - L(T - h u)) / 2h  against  <dL/dT, u>, which tests
+    every coordinate of a large tensor at once.
+
+Central differences have error O(h^2) from truncation and O(eps * |L| / h) from rounding; in
+float64 with h = 1e-5 both are ~1e-10 relative. The error reported is
+
+    rel_error(a, n) = max|a - n| / max(1e-8, max(|a| + |n|))
+
+normalised by the largest magnitude (of the samples, or of the whole analytic gradient if larger),
+so coordinates whose true gradient is ~0 do not divide by ~0; a direction's error is measured
+against |dL/dT|. A check passes below 1e-6 in float64. With --dtype float32 the analytic gradient is computed in
+float32 (the training path) and compared with float64 finite differences; it passes below 1e-4.
+
+The same functions serve `pytest tests/test_gradcheck.py` and `minivae gradcheck`.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from minivae.backend import BACKENDS, array_module, backend_name, get_backend, to_host
+from minivae.conv import conv_output_size, conv_transpose_output_size
+from minivae.layers import (Conv2d, ConvTranspose2d, Dense, Flatten, ReLU, Reshape, Sequential,
+                            Sigmoid, Tanh)
+from minivae.losses import bce_with_logits, kl_log_sigma, kl_log_var, l2_penalty
+from minivae.models import ConvVAE, MLPVAE
+
+H = 1e-5
+TOLERANCE = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-4}
+
+
+def rel_error(a, n):
+    a, n = np.asarray(a, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    return float(np.max(np.abs(a - n)) / max(1e-8, float(np.max(np.abs(a) + np.abs(n)))))
+
+
+def numeric_vs_analytic(f, T, analytic, rng, coords=24, directions=2):
+    """Worst rel_error of central differences of scalar f() in tensor T (perturbed in place)
+    against the analytic gradient, over sampled coordinates and random directions."""
+    xp = array_module(T)
+    analytic = to_host(analytic).astype(np.float64)
+    idx = rng.choice(T.size, size=min(coords, T.size), replace=False)
+    numeric = np.empty(len(idx))
+    flat = T.reshape(-1)                    # a view: T is contiguous
+    for k, i in enumerate(idx):
+        old = float(flat[i])
+        flat[i] = old + H
+        fp = f()
+        flat[i] = old - H
+        fm = f()
+        flat[i] = old
+        numeric[k] = (fp - fm) / (2 * H)
+    # Coordinates: the error against the larger of the sampled values and the tensor's largest
+    # gradient, so a sample that happens to hold only near-zero gradients is not judged alone.
+    a = analytic.reshape(-1)[idx]
+    worst = float(np.max(np.abs(a - numeric))) / max(
+        1e-8, float(np.max(np.abs(a) + np.abs(numeric))), float(np.max(np.abs(analytic))))
+    for _ in range(directions):
+        u = rng.standard_normal(T.shape)
+        u /= np.linalg.norm(u)
+        ud = xp.asarray(u, dtype=T.dtype)
+        T += H * ud
+        fp = f()
+        T -= 2 * H * ud
+        fm = f()
+        T += H * ud
+        # |<g, u>| <= |g| for a unit u, so measure the error against |g|: a direction nearly
+        # orthogonal to g has a tiny derivative, and dividing by it would only amplify rounding.
+        a, n = float((analytic * u).sum()), (fp - fm) / (2 * H)
+        worst = max(worst, abs(a - n) / max(1e-8, float(np.linalg.norm(analytic)) + abs(n)))
+    return worst
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# Checks of single layers, loss terms, whole models, and the conv adjoint identity.
+
+
+@dataclass
+class Check:
+    name: str                 # what is checked, e.g. "Conv2d"
+    config: str               # its configuration, e.g. "k=3 s=2 p=1 x=(2,3,7,9)"
+    run: Callable             # run(xp, dtype, rng) -> list of (tensor name, error)
+
+
+def layer_check(make, x_shape, positive_margin=False):
+    """Check layer = make(dtype=float64, backend=...) at input shape x_shape."""
+
+    def run(xp, dtype, rng):
+        layer = make(dtype=np.float64, backend=backend_name(xp), rng=rng)
+        x = rng.standard_normal(x_shape)
+        if positive_margin:     # keep inputs away from a kink at 0 (ReLU)
+            x = np.sign(x) * (np.abs(x) + 0.1)
+        x = xp.asarray(x)
+        g = xp.asarray(rng.standard_normal(layer.forward(x).shape))
+        # analytic gradients in the dtype under test
+        params64 = dict(layer.params)
+        for k, p in params64.items():
+            layer.params[k] = p.astype(dtype)
+        layer.forward(x.astype(dtype))
+        dx = layer.backward(g.astype(dtype))
+        analytic = {"x": dx, **{k: layer.grads[k] for k in params64}}
+        for k, p in params64.items():
+            layer.params[k] = p
+        # numeric gradients in float64
+        tensors = {"x": x, **params64}
+
+        def f():
+            return float((layer.forward(x) * g).sum())
+
+        return [(k, numeric_vs_analytic(f, T, analytic[k], rng)) for k, T in tensors.items()]
+
+    return run
+
+
+def loss_check(fn, shapes, names):
+    """Check an elementwise loss fn(*inputs) -> (value, *grads) via L = sum(value * w)."""
+
+    def run(xp, dtype, rng):
+        inputs = [xp.asarray(rng.standard_normal(s)) for s in shapes]
+        if fn is bce_with_logits:   # targets in [0, 1], logits spread wide
+            inputs = [inputs[0] * 3, xp.asarray(rng.random(shapes[1]))]
+        value = fn(*inputs)[0]
+        w = xp.asarray(rng.standard_normal(value.shape))
+        grads = fn(*[a.astype(dtype) for a in inputs])[1:]
+
+        def f():
+            return float((fn(*inputs)[0] * w).sum())
+
+        return [(name, numeric_vs_analytic(f, inputs[i], grads[i] * w.astype(dtype), rng))
+                for i, name in enumerate(names)]
+
+    return run
+
+
+def l2_check(xp, dtype, rng):
+    params = {"a": xp.asarray(rng.standard_normal((3, 4))), "b": xp.asarray(rng.standard_normal(5))}
+    lam = 0.37
+    _, grads = l2_penalty({k: p.astype(dtype) for k, p in params.items()}, lam)
+    return [(k, numeric_vs_analytic(lambda: l2_penalty(params, lam)[0], params[k], grads[k], rng))
+            for k in params]
+
+
+def model_check(make, x_shape, coords=12):
+    """Whole model: loss_and_grads against finite differences of loss() with fixed noise, for
+    every parameter tensor and the input. beta != 1 and weight decay != 0 so that every factor
+    in the objective is exercised."""
+
+    def run(xp, dtype, rng):
+        model = make(dtype=np.float64, backend=backend_name(xp))
+        # Random biases (they start at zero) spread the ReLU pre-activations away from 0, where a
+        # finite difference straddling the kink would measure nothing but the kink.
+        for k in model.params:
+            if k.endswith(".b"):
+                model.params[k] = xp.asarray(rng.uniform(-0.5, 0.5, model.params[k].shape))
+        x = xp.asarray(rng.random(x_shape))
+        noise = xp.asarray(rng.standard_normal((x_shape[0], model.latent_dim)))
+        kw = dict(noise=noise, beta=0.7, weight_decay=0.013)
+        params64 = {k: model.params[k] for k in model.params}
+        for k, p in params64.items():
+            model.params[k] = p.astype(dtype)
+        model.loss_and_grads(x.astype(dtype), input_grad=True, **kw)
+        analytic = {"x": model.input_grad, **{k: model.grads[k] for k in params64}}
+        for k, p in params64.items():
+            model.params[k] = p
+
+        def f():
+            return model.loss(x, **kw).loss
+
+        tensors = {"x": x, **params64}
+        return [(k, numeric_vs_analytic(f, T, analytic[k], rng, coords=coords))
+                for k, T in tensors.items()]
+
+    return run
+
+
+def adjoint_check(C, F, k, s, p, hw, n=2):
+    """<Conv2d(x), y> == <x, ConvTranspose2d(y)> with shared weights, no bias; and both shapes."""
+
+    def run(xp, dtype, rng):
+        conv = Conv2d(C, F, k, s, p, dtype=dtype, backend=backend_name(xp), rng=rng)
+        tconv = ConvTranspose2d(F, C, k, s, p, dtype=dtype, backend=backend_name(xp), rng=rng)
+        tconv.params["W"] = conv.params["W"]        # (F, C, kh, kw): same array, both layouts
+        expect = tuple(conv_output_size(d, k, s, p) for d in hw)
+        back = tuple(conv_transpose_output_size(d, k, s, p) for d in expect)
+        # When s does not divide H + 2p - k, ConvTranspose2d maps back onto back < H rows: it is
+        # the adjoint cropped to them. Zero x outside that block and the identity holds exactly.
+        x = np.zeros((n, C) + hw)
+        x[:, :, :back[0], :back[1]] = rng.standard_normal((n, C) + back)
+        x = xp.asarray(x, dtype=dtype)
+        cx = conv.forward(x)
+        y = xp.asarray(rng.standard_normal(cx.shape), dtype=dtype)
+        ty = tconv.forward(y)
+        shape_ok = cx.shape[2:] == expect and ty.shape[2:] == back
+        lhs = float((cx * y).sum())
+        rhs = float((x[:, :, :back[0], :back[1]] * ty).sum())
+        return [("<Cx,y> vs <x,C^T y>", rel_error(lhs, rhs)), ("shapes", 0.0 if shape_ok else 1.0)]
+
+    return run
+
+
+def conv_configs():
+    """(kernel, stride, padding, input HxW, batch) covering kernel 1-5, stride 1-3, padding 0-2,
+    non-square inputs and kernels, batch 1 and 2; skipping those with an empty output."""
+    out = []
+    for k in range(1, 6):
+        for s in range(1, 4):
+            for p in range(3):
+                hw = (7, 9) if (k + s + p) % 2 else (6, 5)
+                n = 1 + (k + s) % 2
+                ho = [conv_output_size(d, k, s, p) for d in hw]
+                if min(ho) < 1 or min(conv_transpose_output_size(d, k, s, p) for d in ho) < 1:
+                    continue
+                out.append((k, s, p, hw, n))
+    out.append(((2, 3), 2, 1, (6, 8), 2))         # a non-square kernel
+    return out
+
+
+def all_checks():
+    checks = []
+    for k, s, p, hw, n in conv_configs():
+        kh, kw = (k, k) if isinstance(k, int) else k
+        cfg = f"k={kh}x{kw} s={s} p={p} x=({n},3,{hw[0]},{hw[1]})"
+        checks.append(Check("Conv2d", cfg, layer_check(
+            lambda k=k, s=s, p=p, **kw: Conv2d(3, 4, k, s, p, **kw), (n, 3) + hw)))
+        ho = [conv_output_size(d, kh if i == 0 else kw, s, p) for i, d in enumerate(hw)]
+        tcfg = f"k={kh}x{kw} s={s} p={p} x=({n},4,{ho[0]},{ho[1]})"
+        checks.append(Check("ConvTranspose2d", tcfg, layer_check(
+            lambda k=k, s=s, p=p, **kw: ConvTranspose2d(4, 3, k, s, p, **kw), (n, 4, *ho))))
+        if isinstance(k, int):
+            checks.append(Check("adjoint", cfg, adjoint_check(3, 4, k, s, p, hw, n)))
+    for n, i, o in [(1, 1, 1), (3, 5, 4), (4, 17, 9)]:
+        checks.append(Check("Dense", f"x=({n},{i}) out={o}",
+                            layer_check(lambda i=i, o=o, **kw: Dense(i, o, **kw), (n, i))))
+    for act, margin in [(ReLU, True), (Tanh, False), (Sigmoid, False)]:
+        checks.append(Check(act.__name__, "x=(3,4,5)",
+                            layer_check(lambda act=act, **kw: act(), (3, 4, 5), margin)))
+    checks.append(Check("Flatten", "x=(2,3,4,5)", layer_check(lambda **kw: Flatten(), (2, 3, 4, 5))))
+    checks.append(Check("Reshape", "x=(2,60)->(3,4,5)",
+                        layer_check(lambda **kw: Reshape(3, 4, 5), (2, 60))))
+    checks.append(Check("Sequential", "Conv-Tanh-Flatten-Dense", layer_check(
+        lambda **kw: Sequential(Conv2d(2, 3, 3, 2, 1, **kw), Tanh(), Flatten(),
+                                Dense(3 * 4 * 3, 5, **kw)), (2, 2, 7, 6))))
+    checks.append(Check("bce_with_logits", "(6,7)", loss_check(
+        bce_with_logits, [(6, 7), (6, 7)], ["logits"])))
+    checks.append(Check("kl_log_var", "(5,3)", loss_check(
+        kl_log_var, [(5, 3), (5, 3)], ["mu", "log_var"])))
+    checks.append(Check("kl_log_sigma", "(5,3)", loss_check(
+        kl_log_sigma, [(5, 3), (5, 3)], ["mu", "log_sigma"])))
+    checks.append(Check("l2_penalty", "lam=0.37", l2_check))
+    checks.append(Check("MLPVAE", "seed 000 (784-500-2), N=3", model_check(
+        lambda **kw: MLPVAE(seed=1, **kw), (3, 784))))
+    checks.append(Check("ConvVAE", "seed 001 (32x32, latent 10), N=2", model_check(
+        lambda **kw: ConvVAE(seed=1, **kw), (2, 1, 32, 32))))
+    return checks
+
+
+def run_check(check, backend="numpy", dtype=np.float64, seed=0):
+    """-> (rows [(tensor, error)], worst error, passed)."""
+    xp = get_backend(backend)
+    rows = check.run(xp, np.dtype(dtype), np.random.default_rng(seed))
+    worst = max(e for _, e in rows)
+    return rows, worst, worst < TOLERANCE[np.dtype(dtype)]
+
+
+# --------------------------------------------------------------------------------------------
+# `minivae gradcheck`
+
+
+def add_arguments(parser):
+    parser.add_argument("--backend", choices=BACKENDS, default="numpy",
+                        help="where to run the checks (default: numpy)")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                        help="dtype of the analytic gradients (finite differences are float64)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="one row per tensor instead of one per check")
+    parser.add_argument("--filter", default="", metavar="TEXT",
+                        help="only checks whose name contains TEXT (e.g. Conv2d)")
+
+
+def run_cli(args):
+    xp = get_backend(args.backend)
+    dtype = np.dtype(args.dtype)
+    checks = [c for c in all_checks() if args.filter.lower() in c.name.lower()]
+    print(f"gradient check on {backend_name(xp)}, analytic gradients in {dtype}, "
+          f"tolerance {TOLERANCE[dtype]:.0e}, {len(checks)} checks")
+    print(f"{'check':<16} {'configuration':<36} {'max rel error':>13}  result")
+    failed, worst_all, t0 = 0, 0.0, time.perf_counter()
+    for check in checks:
+        rows, worst, ok = run_check(check, backend_name(xp), dtype)
+        failed += not ok
+        worst_all = max(worst_all, worst)
+        print(f"{check.name:<16} {check.config:<36} {worst:>13.2e}  {'pass' if ok else 'FAIL'}")
+        if args.verbose:
+            for tensor, err in rows:
+                print(f"{'':<16} {'  ' + tensor:<36} {err:>13.2e}")
+    print(f"{len(checks) - failed} passed, {failed} failed; worst relative error {worst_all:.2e}; "
+          f"{time.perf_counter() - t0:.1f} s")
+    return 1 if failed else 0
