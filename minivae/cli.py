@@ -242,7 +242,7 @@ def cmd_evaluate(args):
     r = T.evaluate_run(args.run, epoch=args.epoch, iw_samples=args.iw_samples,
                        backend=args.backend, limit=args.limit, data_dir=args.data_dir,
                        mirrors=args.mirror, download=False if args.no_download else None,
-                       log=_err)
+                       log=_err, progress=True)
     print(f"{r['model']} VAE, epoch {r['epoch']}, {r['images']} {r['dataset']} test images, "
           f"backend {r['backend']}")
     print(f"negative ELBO          {r['neg_elbo']:10.4f} nats/image  (mean over the "

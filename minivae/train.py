@@ -456,7 +456,12 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
         ckpt.restore(model, opt, data_rng)
         history = [r for r in ckpt.metrics if r["epoch"] <= ckpt.epoch]
         first_epoch = ckpt.epoch + 1
-        log(f"minivae: resuming {out} from {ckpt.path.name} (epoch {ckpt.epoch} of {cfg['epochs']})")
+        if ckpt.epoch >= cfg["epochs"]:
+            log(f"minivae: {out} is already trained to epoch {ckpt.epoch}; raise --epochs to "
+                f"train further")
+        else:
+            log(f"minivae: resuming {out} from {ckpt.path.name} (epoch {ckpt.epoch} of "
+                f"{cfg['epochs']})")
 
     write_text_atomic(out / "config.json", json.dumps(cfg, indent=2) + "\n")
     write_metrics(out / "metrics.csv", history)   # drops rows of epochs lost to an interruption
@@ -589,7 +594,7 @@ def load_run(run_dir, epoch=None, backend="auto", log=None):
 
 
 def evaluate(model, images, cfg, iw_samples=100, batch_size=None, seed_stream=STREAM_EVAL,
-             max_rows=1024):
+             max_rows=1024, progress=False):
     """Negative ELBO and importance-weighted -log p(x) per image, in nats, on model.xp.
 
     For each image x we draw K latents z_k = mu + sigma * eps_k from q(z|x) and form the log
@@ -612,9 +617,13 @@ def evaluate(model, images, cfg, iw_samples=100, batch_size=None, seed_stream=ST
     half_log_2pi = 0.5 * math.log(2 * math.pi)
     elbo_sum = iwae_sum = 0.0
     n = 0
-    for x, _ in data.batches(images, None, batch_size=batch_size, xp=xp, dtype=model.dtype,
-                             rng=make_rng(0), shuffle=False, drop_last=False, pad=pad,
-                             flatten=flatten):
+    from tqdm import tqdm
+
+    for x, _ in tqdm(data.batches(images, None, batch_size=batch_size, xp=xp, dtype=model.dtype,
+                                  rng=make_rng(0), shuffle=False, drop_last=False, pad=pad,
+                                  flatten=flatten),
+                     total=data.num_batches(len(images), batch_size, False), unit="batch",
+                     desc=f"evaluate (K={K})", disable=not progress, file=sys.stderr, leave=False):
         B = len(x)
         mu, log_var = model.encode(x)
         sigma = xp.exp(0.5 * log_var)
@@ -652,12 +661,12 @@ def data_overrides(cfg, data_dir=None, mirrors=None, download=None):
 
 
 def evaluate_run(run_dir, epoch=None, iw_samples=100, backend="auto", limit=None, data_dir=None,
-                 mirrors=None, download=None, log=None):
+                 mirrors=None, download=None, log=None, progress=False):
     model, cfg, ckpt = load_run(run_dir, epoch, backend, log=log)
     data_overrides(cfg, data_dir, mirrors, download)
     test_x, _ = load_split(cfg, "test", limit if limit is not None else cfg["limit"])
     with np.errstate(all="ignore"):
-        result = evaluate(model, test_x, cfg, iw_samples=iw_samples)
+        result = evaluate(model, test_x, cfg, iw_samples=iw_samples, progress=progress)
     result.update(epoch=ckpt.epoch, dataset=cfg["dataset"], model=cfg["model"],
                   backend=backend_name(model.xp))
     for key in ("neg_elbo", "neg_log_px"):
