@@ -75,9 +75,7 @@ class _Inflater:
         while True:
             d = self.d
             try:
-                if d.unconsumed_tail:
-                    out = d.decompress(d.unconsumed_tail, max_len)
-                elif d.eof:
+                if d.eof:   # first: at the end of a member, unconsumed_tail is stale
                     rest = d.unused_data + bytes(self.comp[self.pos:self.pos + _CHUNK])
                     self.pos += _CHUNK
                     if not rest:
@@ -86,6 +84,8 @@ class _Inflater:
                         raise IDXError(f"{self.name}: trailing garbage after the gzip stream")
                     self.d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # next member
                     out = self.d.decompress(rest, max_len)
+                elif d.unconsumed_tail:
+                    out = d.decompress(d.unconsumed_tail, max_len)
                 elif self.pos < len(self.comp):
                     inp = self.comp[self.pos:self.pos + _CHUNK]
                     self.pos += _CHUNK
@@ -461,21 +461,21 @@ def _fetch_http(session, url, tmp, spec, timeout, bar):
     """Stream url into the open file tmp; raises _Fail."""
     import requests
 
+    got, length = 0, None
     try:
         with session.get(url, stream=True, timeout=timeout) as r:
             if r.status_code != 200:
                 reason = f"HTTP {r.status_code} {r.reason or ''}".strip()
                 transient = r.status_code >= 500 or r.status_code in (408, 429)
                 raise _Fail(reason, retry=transient, missing=r.status_code in (403, 404, 410))
-            ctype = r.headers.get("Content-Type", "").lower()
+            ctype = r.headers.get("Content-Type", "").split(";")[0].strip().lower()
             if "html" in ctype:
-                raise _Fail(f"an HTML page served with status 200 ({ctype})")
+                raise _Fail(f"an HTML page served with status 200 (Content-Type {ctype})")
             length = r.headers.get("Content-Length")
             length = int(length) if length and length.isdigit() else None
             if length is not None and length > _max_size(spec):
                 raise _Fail(f"{length} bytes offered, far more than the expected {spec['size']}")
             bar.reset(total=length)
-            got = 0
             for chunk in r.iter_content(chunk_size=1 << 16):
                 if got == 0 and chunk.lstrip()[:1] == b"<":
                     raise _Fail("an HTML/XML page served with status 200")
@@ -493,14 +493,16 @@ def _fetch_http(session, url, tmp, spec, timeout, bar):
         raise _Fail(f"no data for {timeout} s (timed out)", retry=True) from None
     except requests.ConnectionError as e:
         raise _Fail(f"connection failed ({_short(e)})", retry=True, unreachable=True) from None
-    except requests.RequestException as e:   # ChunkedEncodingError: body cut short, etc.
+    except requests.RequestException as e:   # ChunkedEncodingError: the body was cut short
+        if isinstance(e, requests.exceptions.ChunkedEncodingError):
+            promised = f", {length} bytes promised" if length is not None else ""
+            raise _Fail(f"truncated body (connection closed early{promised})",
+                        retry=True) from None
         raise _Fail(f"transfer failed ({_short(e)})", retry=True) from None
 
 
 def _short(e):
     text = str(e)
-    if "IncompleteRead" in text or "Connection broken" in text:
-        return "connection broken mid-body, truncated"
     return text if len(text) < 160 else text[:157] + "..."
 
 
@@ -550,6 +552,8 @@ def _try_with_retries(src, folder, fname, spec, session, timeout, progress, retr
             return None
         except _Fail as e:
             if not e.retry or attempt == retries:
+                if attempt:
+                    e.args = (f"{e}, {attempt + 1} tries",)
                 return e
             time.sleep(backoff * 2 ** attempt)
 
@@ -622,13 +626,14 @@ def _ensure(dataset, fnames, root, mirror_list, progress, timeout, retries, back
 
 
 def _summarize(mirror, reasons):
-    """[(source, reason)] for one mirror's failed candidates; 'not found' in the <dataset>/<file>
-    form is dropped when the other form failed for a more telling reason."""
+    """[(source, reason)] for one mirror's failed candidates: one entry when both URL forms failed
+    the same way; otherwise 'not found' in one form is dropped when the other form failed for a
+    more telling reason."""
+    whys = {str(e) for _, e in reasons}
+    if len(whys) == 1 and len(reasons) > 1:
+        return [(mirror, f"{whys.pop()} (tried {', '.join(src for src, _ in reasons)})")]
     telling = [(src, str(e)) for src, e in reasons if not e.missing]
-    if telling:
-        return telling
-    whys = sorted({str(e) for _, e in reasons})
-    return [(str(mirror), f"{' / '.join(whys)} (tried {', '.join(src for src, _ in reasons)})")]
+    return telling or [(src, str(e)) for src, e in reasons]
 
 
 def _note(msg):
