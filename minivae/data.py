@@ -178,12 +178,13 @@ def read_idx(path):
     """The uint8 array stored in an IDX file (gzip or raw, told apart by the magic bytes)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = bytearray(os.fstat(f.fileno()).st_size)  # writable: raw arrays are views of it
+            n = f.readinto(data)
+        del data[n:]
     except OSError as e:
         raise IDXError(f"{path}: cannot read ({e.strerror or e})") from None
     arr, _ = _parse_idx(data, str(path))
-    if not arr.flags.writeable:      # raw files are parsed zero-copy from an immutable bytes object
-        arr = arr.copy()
     return arr
 
 
@@ -414,18 +415,20 @@ def _verify(path, spec):
         return (f"checksum mismatch (sha256 of the decompressed data {raw.hexdigest()[:12]}..., "
                 f"expected {spec['raw_sha256'][:12]}...)")
     got = hashlib.sha256(data).hexdigest()
-    return (f"checksum mismatch ({len(data)} bytes, sha256 {got[:12]}...; expected "
-            f"{spec['size']} bytes, sha256 {str(spec.get('sha256'))[:12]}...; this file's "
-            f"decompressed hash is unknown, so only the original .gz is accepted)")
+    return (f"checksum mismatch ({len(data)} bytes with sha256 {got[:12]}..., expected "
+            f"{spec['size']} bytes with sha256 {str(spec.get('sha256'))[:12]}...: only the "
+            f"original .gz is accepted, this file's decompressed hash is unknown)")
 
 
 # ---- the verification stamp: re-verifying 30 MB on every load is wasteful, so a file that passed
-# is recorded with its size, mtime, ctime and inode. Any write to the file changes its ctime (which
-# no tool can set back), so a file modified after verification is verified again.
+# is recorded (in <dataset>/.verified.json) with its size, mtime, ctime and inode and the hashes it
+# was checked against. Any write to the file changes its ctime (which no tool can set back), so a
+# file modified after verification is verified again, and so is every file when the table changes.
 
-def _stat_key(path):
+def _stat_key(path, spec):
     st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+            spec.get("sha256"), spec.get("raw_sha256")]
 
 
 def _read_stamps(folder):
@@ -449,17 +452,22 @@ def _cached_ok(folder, fname, spec, stamps):
     path = folder / fname
     if not path.is_file():
         return False
-    if stamps.get(fname) == _stat_key(path):
+    if stamps.get(fname) == _stat_key(path, spec):
         return True
     if _verify(path, spec) is None:
-        stamps[fname] = _stat_key(path)
+        stamps[fname] = _stat_key(path, spec)
         return True
     return False
 
 
 def _fetch_http(session, url, tmp, spec, timeout, bar):
-    """Stream url into the open file tmp; raises _Fail."""
+    """Stream url into the open file tmp; raises _Fail.
+
+    The body is read as sent (decode_content=False): a server that labels the .gz file
+    "Content-Encoding: gzip" must not get it silently decompressed on the way in.
+    """
     import requests
+    import urllib3
 
     got, length = 0, None
     try:
@@ -476,7 +484,7 @@ def _fetch_http(session, url, tmp, spec, timeout, bar):
             if length is not None and length > _max_size(spec):
                 raise _Fail(f"{length} bytes offered, far more than the expected {spec['size']}")
             bar.reset(total=length)
-            for chunk in r.iter_content(chunk_size=1 << 16):
+            for chunk in r.raw.stream(1 << 16, decode_content=False):
                 if got == 0 and chunk.lstrip()[:1] == b"<":
                     raise _Fail("an HTML/XML page served with status 200")
                 got += len(chunk)
@@ -489,15 +497,15 @@ def _fetch_http(session, url, tmp, spec, timeout, bar):
     except requests.ConnectTimeout:
         raise _Fail(f"connection timed out after {timeout} s", retry=True,
                     unreachable=True) from None
-    except requests.Timeout:
+    except (requests.Timeout, urllib3.exceptions.ReadTimeoutError):
         raise _Fail(f"no data for {timeout} s (timed out)", retry=True) from None
     except requests.ConnectionError as e:
         raise _Fail(f"connection failed ({_short(e)})", retry=True, unreachable=True) from None
-    except requests.RequestException as e:   # ChunkedEncodingError: the body was cut short
-        if isinstance(e, requests.exceptions.ChunkedEncodingError):
-            promised = f", {length} bytes promised" if length is not None else ""
-            raise _Fail(f"truncated body (connection closed early{promised})",
-                        retry=True) from None
+    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.IncompleteRead):
+        promised = f", {length} bytes promised" if length is not None else ""
+        raise _Fail(f"truncated body (connection closed after {got} bytes{promised})",
+                    retry=True) from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
         raise _Fail(f"transfer failed ({_short(e)})", retry=True) from None
 
 
@@ -525,7 +533,10 @@ def _try_source(src, folder, fname, spec, session, timeout, progress, desc):
 
     if src.startswith("file://"):
         src = unquote(urlsplit(src).path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=folder)
+    except OSError as e:
+        raise _Fail(f"cannot write into the cache folder {folder} ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f, tqdm(desc=desc, unit="B", unit_scale=True,
                                             unit_divisor=1024, file=sys.stderr, leave=False,
@@ -606,7 +617,7 @@ def _ensure(dataset, fnames, root, mirror_list, progress, timeout, retries, back
             if fail is None:
                 if src == _candidates(mirror, dataset, fname)[-1]:
                     flat_first.add(mirror)
-                stamps[fname] = _stat_key(folder / fname)
+                stamps[fname] = _stat_key(folder / fname, spec)
                 if progress:
                     _note(f"{dataset}/{fname}: verified, from {src}")
                 break
@@ -751,6 +762,7 @@ def batches(images, labels=None, *, batch_size, xp=np, dtype=np.float32, rng=Non
         raise ValueError(f"{n} images but {len(labels)} labels")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    labels = None if labels is None else np.asarray(labels)
     order = make_rng(rng).permutation(n) if shuffle else np.arange(n)
     count = num_batches(n, batch_size, drop_last)
 
@@ -758,7 +770,7 @@ def batches(images, labels=None, *, batch_size, xp=np, dtype=np.float32, rng=Non
         for b in range(count):
             idx = order[b * batch_size:(b + 1) * batch_size]
             x = to_float(images[idx], xp, dtype, pad, flatten)
-            y = None if labels is None else np.asarray(labels)[idx]
+            y = None if labels is None else labels[idx]
             yield x, y
 
     return generate()
