@@ -676,8 +676,10 @@ def download(dataset, data_dir=None, mirrors=None, progress=True, timeout=30, re
 def load(dataset, split, data_dir=None, mirrors=None, limit=None, download=True):
     """(images uint8 (N, 28, 28), labels uint8 (N,)) of a split ('train' or 'test').
 
-    Fetches the split's two files first if they are missing or fail verification (download=True);
-    with download=False a missing file is a FileNotFoundError. limit keeps the first N examples.
+    Fetches the split's two files first if they are missing or fail verification (download=True,
+    mirrors as in `download`, progress bars on stderr only while fetching); with download=False a
+    missing file is a FileNotFoundError. limit keeps the first N examples. A cached file that
+    passed verification but no longer reads cleanly is fetched again once.
     """
     info = _check_dataset(dataset)
     if split not in SPLITS:
