@@ -12,6 +12,9 @@ there and copied over, so a seed gives the same numbers on both backends and the
 can be saved in a checkpoint as plain integers.
 """
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 BACKENDS = ("auto", "numpy", "cupy")
@@ -78,3 +81,37 @@ def make_rng(seed=None):
     if isinstance(seed, np.random.Generator):
         return seed
     return np.random.default_rng(seed)
+
+
+# ---- threads for NumPy's memory-bound loops
+
+_POOL = None
+
+
+def cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def parallel_for(n, fn, like, work=None):
+    """Run fn(lo, hi) over [0, n) cut into one contiguous piece per core, on threads, when
+    `like` is a NumPy array (on a GPU the loop body is already parallel: run it once).
+
+    BLAS already spreads matrix products over the cores, but NumPy's copies and elementwise loops
+    run on one. They do release the GIL, so when each piece writes memory no other piece touches
+    (say, its own range of channels), threads share that work with no locks. `work` is the
+    number of elements involved (default like.size): below ~64k the threads would cost more than they save.
+    """
+    global _POOL
+    pieces = min(n, cpu_count())
+    if pieces < 2 or not isinstance(like, np.ndarray) or (work or like.size) < 1 << 16:
+        fn(0, n)
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(cpu_count(), thread_name_prefix="minivae")
+    bounds = [n * k // pieces for k in range(pieces + 1)]
+    futures = [_POOL.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    for f in futures:
+        f.result()

@@ -125,7 +125,7 @@ class Conv2d(Layer):
         #   dx = the adjoint of the convolution applied to dy, i.e. a transposed convolution
         #        (col2im adds each receptive field's share back onto the pixels it came from).
         W = self.params["W"]
-        self.grads["W"] = conv2d_weight_grad(self.cols, dy)                     # (F, C, kh, kw)
+        self.grads["W"] = conv2d_weight_grad(self.cols, dy, W.shape)            # (F, C, kh, kw)
         self.grads["b"] = dy.sum(axis=(0, 2, 3))                               # (F,)
         if self.skip_input_grad:
             return None
@@ -173,8 +173,9 @@ class ConvTranspose2d(Layer):
         #   dW: <dy, T(x; W)> = <C(dy; W), x>, a conv of dy whose output is paired with x, so dW
         #       is the conv weight gradient with dy as the input and x as the output gradient.
         #   db = dy summed over everything but the channel.
-        dx, cols = conv2d(dy, self.params["W"], self.stride, self.padding)    # (N, Cin, H, W)
-        self.grads["W"] = conv2d_weight_grad(cols, self.x)                     # (Cin, Cout, kh, kw)
+        W = self.params["W"]
+        dx, cols = conv2d(dy, W, self.stride, self.padding)                    # (N, Cin, H, W)
+        self.grads["W"] = conv2d_weight_grad(cols, self.x, W.shape)            # (Cin, Cout, kh, kw)
         self.grads["b"] = dy.sum(axis=(0, 2, 3))                               # (Cout,)
         return dx
 
