@@ -1,0 +1,167 @@
+"""`minivae bench` and its instruments: FLOP counting, the JSON report, the memory probe."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from minivae import bench
+from minivae.cli import main
+from minivae.layers import Conv2d, ConvTranspose2d, Dense, Sequential
+from minivae.models import ConvVAE, MLPVAE
+
+QUICK = ["--steps", "2", "--warmup", "1", "--repeats", "2", "--gemm-size", "128"]
+
+
+def test_dense_flops_by_hand():
+    layer = Dense(784, 500)
+    out = bench._layer_out_shape(layer, (128, 784))
+    assert out == (128, 500)
+    fwd, bwd = bench.layer_flops(layer, (128, 784), out)
+    assert fwd == 2 * 128 * 784 * 500                  # y = x W: one MAC per (n, i, o)
+    assert bwd == 2 * fwd                              # dW = x^T dy and dx = dy W^T
+    assert bench.layer_flops(layer, (128, 784), out, input_grad=False) == (fwd, fwd)
+
+
+def test_conv_flops_by_hand():
+    # 3 -> 8 channels, 3x5 kernel, stride 2, padding 1 on 10x12: Ho = (10+2-3)//2+1 = 5,
+    # Wo = (12+2-5)//2+1 = 5; every output pixel of every filter is a C*kh*kw = 45-term sum.
+    layer = Conv2d(3, 8, (3, 5), stride=2, padding=1)
+    out = bench._layer_out_shape(layer, (4, 3, 10, 12))
+    assert out == (4, 8, 5, 5)
+    fwd, bwd = bench.layer_flops(layer, (4, 3, 10, 12), out)
+    assert fwd == 2 * (4 * 8 * 5 * 5) * (3 * 3 * 5)
+    assert bwd == 2 * fwd
+    # The transposed conv scatters each *input* pixel through all Cin*Cout*kh*kw weights.
+    t = ConvTranspose2d(8, 3, (3, 5), stride=2, padding=1)
+    tout = bench._layer_out_shape(t, (4, 8, 5, 5))
+    assert tout == (4, 3, 9, 11)                       # (5-1)*2 - 2 + 3, (5-1)*2 - 2 + 5
+    assert bench.layer_flops(t, (4, 8, 5, 5), tout) == (fwd, 2 * fwd)
+
+
+def test_model_flops_walks_every_weighted_layer():
+    m = MLPVAE()
+    f = bench.model_flops(m, (128, 784))
+    macs = 128 * (784 * 500 + 2 * 500 * 2 + 2 * 500 + 500 * 784)
+    # backward: weight gradients everywhere, input gradients everywhere but the first layer
+    assert f["forward"] == 2 * macs
+    assert f["backward"] == 2 * (2 * macs - 128 * 784 * 500)
+    assert [r["name"] for r in f["layers"]] == ["encoder.0", "mu", "log_sigma", "decoder.0",
+                                                "decoder.2"]
+    c = bench.model_flops(ConvVAE(), (64, 1, 32, 32))
+    assert len(c["layers"]) == len({k.rsplit(".", 1)[0] for k in ConvVAE().params})
+    first = c["layers"][0]
+    assert first["out_shape"] == [64, 32, 16, 16]
+    assert first["backward"] == first["forward"]       # no input gradient for the data
+    assert c["layers"][-1]["out_shape"] == [64, 1, 32, 32]
+
+
+def test_model_flops_rejects_unknown_weighted_layers():
+    class Mystery(Dense):
+        pass
+
+    m = MLPVAE()
+    m.decoder = Sequential(Mystery(2, 3))
+    # a subclass of Dense is counted as a Dense only if it says so; we refuse to guess
+    with pytest.raises(ValueError, match="Mystery"):
+        bench.model_flops(m, (4, 784))
+
+
+def test_split_blocks():
+    assert bench._split(50, 5) == [10] * 5
+    assert bench._split(7, 3) == [3, 2, 2]
+    assert bench._split(2, 5) == [1, 1]
+
+
+def test_bench_json_both_models(capsys):
+    assert main(["bench", "--json", "--no-torch", "--no-memory"] + QUICK) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in report["results"]] == ["mlp", "conv"]
+    assert report["matmul"]["gflops"] > 0
+    for r, batch in zip(report["results"], (128, 64)):
+        assert r["batch_size"] == batch
+        mv = r["minivae"]
+        assert mv["steps"] == 2 and mv["median_ms"] > 0
+        assert mv["samples_per_s"] == pytest.approx(batch / (mv["median_ms"] / 1e3))
+        assert r["floor_ms"] == pytest.approx(r["flops"] / (r["matmul_gflops"] * 1e6))
+        assert mv["x_floor"] == pytest.approx(mv["median_ms"] / r["floor_ms"])
+        assert r["torch"] is None and r["torch_skipped"] == "--no-torch"
+
+
+def test_bench_text_and_markdown(capsys):
+    assert main(["bench", "--model", "mlp", "--no-torch", "--no-memory", "--batch-size", "8"]
+                + QUICK) == 0
+    out = capsys.readouterr().out
+    assert "mlp" in out and "minivae" in out and "conv" not in out
+    assert main(["bench", "--model", "mlp", "--markdown", "--no-torch", "--no-memory"]
+                + QUICK) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0].startswith("| model |") and rows[2].startswith("| mlp | 128 |")
+
+
+def test_bench_bad_flags_are_one_line_errors(capsys):
+    assert main(["bench", "--steps", "0"]) == 2
+    assert main(["bench", "--model", "resnet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+
+
+def test_bench_cupy_without_gpu_is_a_clear_error(capsys):
+    from minivae.backend import cupy_status
+
+    if cupy_status()[0] is not None:
+        pytest.skip("a GPU is usable here")
+    assert main(["bench", "--backend", "cupy", "--no-torch", "--no-memory"] + QUICK) == 1
+    assert "cupy" in capsys.readouterr().err
+
+
+def test_memory_probe_runs_in_a_fresh_process():
+    m = bench.memory_probe("minivae", "mlp", batch_size=16, steps=1)
+    assert m["peak_rss"] >= m["rss_after_imports"] > 0
+    assert m["workload_rss"] == m["peak_rss"] - m["rss_after_imports"]
+    # a step allocates at least its activations: 16 x 784 logits in float32, several times
+    assert m["step_transient_bytes"] >= 16 * 784 * 4
+
+
+def test_bench_with_torch(capsys):
+    pytest.importorskip("torch")
+    assert main(["bench", "--model", "mlp", "--json", "--no-memory", "--batch-size", "16"]
+                + QUICK) == 0
+    r = json.loads(capsys.readouterr().out)["results"][0]
+    assert r["torch"]["steps"] == 2 and r["torch"]["median_ms"] > 0
+    assert r["ratio"] == pytest.approx(r["minivae"]["median_ms"] / r["torch"]["median_ms"])
+    assert len(r["block_ratios"]) == 2
+
+
+def test_torch_workload_starts_from_minivae_parameters():
+    torch = pytest.importorskip("torch")
+    work = bench.Workload("conv", batch_size=4)
+    tw = bench.TorchWorkload(work)
+    for name, p in work.model.params.items():
+        tp = tw.twin.get_parameter(bench.torch_name(name)).detach().numpy()
+        if name.endswith(".W") and p.ndim == 2:
+            tp = tp.T
+        np.testing.assert_array_equal(tp, np.asarray(p))
+    assert tw.x.dtype == torch.float32
+    assert math.isfinite(tw.step())
+
+
+@pytest.mark.slow
+def test_peak_memory_script_short_run(real_data_mirror, capsys):
+    """benchmarks/peak_memory.py: both runs on 128 real images, each in its own process."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peak_memory.py"
+    spec = importlib.util.spec_from_file_location("peak_memory", path)
+    peak_memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peak_memory)
+    argv = ["--limit", "128", "--data-dir", str(real_data_mirror), "--json"]
+    if not bench.torch_available():
+        argv += ["--only", "minivae"]
+    assert peak_memory.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    for r in report["runs"].values():
+        assert r["peak_rss"] > r["rss_after_imports"] > 0
+        assert r["workload_rss"] == r["peak_rss"] - r["rss_after_imports"]
