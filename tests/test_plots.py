@@ -41,12 +41,13 @@ def test_side_by_side_two_rows():
     assert g[:28, :28].max() == 0 and g[-28:, :28].min() == 1
 
 
-def test_manifold_points_match_the_seed():
+def test_manifold_points_grid_orientation():
     pts = plots.manifold_points()
     assert pts.shape == (121, 2)
     z = np.linspace(-2, 2, 11)
-    assert np.allclose(pts[:11, 0], z) and np.allclose(pts[:11, 1], -2)   # repeat(z, 11)
-    assert np.allclose(pts[::11, 1], z)                                    # sort(z1)
+    assert np.allclose(pts[:11, 0], z) and np.allclose(pts[:11, 1], 2)     # top row: z[1] = 2
+    assert np.allclose(pts[::11, 1], z[::-1]) and np.allclose(pts[::11, 0], -2)
+    assert sorted(map(tuple, pts)) == sorted((a, b) for a in z for b in z)   # the seed's 121
 
 
 def test_pca_axes_orthonormal_and_ordered():
