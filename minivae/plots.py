@@ -19,10 +19,6 @@ CLASS_NAMES = {
 }
 
 
-def _replace(tmp, path):
-    os.replace(tmp, path)
-
-
 def to_uint8(images):
     """Values in [0, 1] (any float dtype) -> uint8 pixels; anything outside is clipped."""
     images = np.asarray(images, dtype=np.float64)
@@ -70,7 +66,7 @@ def save_png(path, image, scale=1):
         pixels = np.kron(pixels, np.ones((scale, scale), dtype=np.uint8))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     Image.fromarray(pixels, mode="L").save(tmp, format="PNG")
-    _replace(tmp, path)
+    os.replace(tmp, path)
     return path
 
 
@@ -96,7 +92,7 @@ def _save_figure(fig, path):
     FigureCanvasAgg(fig)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fig.savefig(tmp, format="png")
-    _replace(tmp, path)
+    os.replace(tmp, path)
     return path
 
 
@@ -132,13 +128,14 @@ def pca_2d(points):
 
 def latent_scatter(path, coords, labels, class_names=None, xlabel="z[0]", ylabel="z[1]", title=None):
     """Scatter of 2-D latent coordinates coloured by class label."""
+    import matplotlib
     from matplotlib.figure import Figure
 
     coords = np.asarray(coords)
     labels = np.asarray(labels).astype(int)
     fig = Figure(figsize=(7, 6), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
-    cmap = __import__("matplotlib").colormaps["tab10"]
+    cmap = matplotlib.colormaps["tab10"]
     for k in np.unique(labels):
         sel = labels == k
         name = class_names[k] if class_names is not None and k < len(class_names) else str(k)
