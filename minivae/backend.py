@@ -86,6 +86,7 @@ def make_rng(seed=None):
 # ---- threads for NumPy's memory-bound loops
 
 _POOL = None
+_THREADS = None
 
 
 def cpu_count():
@@ -93,6 +94,20 @@ def cpu_count():
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def num_threads():
+    """Threads for the copy loops: set_num_threads(n), else $OPENBLAS_NUM_THREADS (so one
+    setting governs BLAS and these loops alike), else one per core."""
+    global _THREADS
+    if _THREADS is None:
+        _THREADS = int(os.environ.get("OPENBLAS_NUM_THREADS") or 0) or cpu_count()
+    return _THREADS
+
+
+def set_num_threads(n):
+    global _THREADS
+    _THREADS = max(1, int(n))
 
 
 def parallel_for(n, fn, like, work=None):
@@ -105,7 +120,7 @@ def parallel_for(n, fn, like, work=None):
     number of elements involved (default like.size): below ~64k the threads would cost more than they save.
     """
     global _POOL
-    pieces = min(n, cpu_count())
+    pieces = min(n, num_threads())
     if pieces < 2 or not isinstance(like, np.ndarray) or (work or like.size) < 1 << 16:
         fn(0, n)
         return

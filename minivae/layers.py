@@ -71,7 +71,9 @@ class Dense(Layer):
 
     def forward(self, x):
         self.x = x                                      # (N, in)
-        return x @ self.params["W"] + self.params["b"]  # (N, out)
+        y = x @ self.params["W"]                        # (N, out)
+        y += self.params["b"]                           # in place: one pass fewer
+        return y
 
     def backward(self, dy):
         # y[n,o] = sum_i x[n,i] W[i,o] + b[o]. Each W[i,o] touches every row n, so its gradient sums
@@ -116,7 +118,8 @@ class Conv2d(Layer):
     def forward(self, x):
         self.in_hw = x.shape[2:]
         y, self.cols = conv2d(x, self.params["W"], self.stride, self.padding)
-        return y + self.params["b"].reshape(1, -1, 1, 1)
+        y += self.params["b"].reshape(1, -1, 1, 1)
+        return y
 
     def backward(self, dy):
         # y = W * cols + b is linear in each of W, b and x (cols = im2col(x) just copies pixels):
@@ -165,7 +168,8 @@ class ConvTranspose2d(Layer):
             raise ValueError(f"ConvTranspose2d output would be {out_hw} for input {x.shape[2:]}")
         self.x = x
         y = conv2d_transpose(x, self.params["W"], self.stride, self.padding, out_hw)
-        return y + self.params["b"].reshape(1, -1, 1, 1)
+        y += self.params["b"].reshape(1, -1, 1, 1)
+        return y
 
     def backward(self, dy):
         # y = T(x; W) + b where T is the adjoint of the convolution C(.; W). Linear again:
@@ -194,7 +198,7 @@ def _pair(k):
 
 class ReLU(Layer):
     def forward(self, x):
-        self.y = x * (x > 0)        # keeps the dtype; max(x, 0)
+        self.y = array_module(x).maximum(x, 0)       # keeps x's dtype
         return self.y
 
     def backward(self, dy):

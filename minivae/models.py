@@ -89,7 +89,7 @@ class VAE:
         skips it, since nothing upstream of the data needs it).
         """
         terms, cache = self._forward(x, noise, beta, weight_decay)
-        logits, eps, sigma, dlogits, dmu_kl, dscale_kl = cache
+        logits, eps, sigma, dlogits, dmu_kl, dscale_kl, dreg = cache
         n = x.shape[0]
         # recon and kl are sums divided by n, so every elementwise gradient is divided by n too.
         dz = self.decoder.backward(dlogits / n)                          # (N, latent)
@@ -107,7 +107,6 @@ class VAE:
             # d/dx [max(l,0) - l x + log(1 + e^-|l|)] = -l.
             self.input_grad = dx - logits / n
         # reg = lambda sum p^2 adds 2 lambda p to each penalised parameter's gradient.
-        _, dreg = l2_penalty({k: self.params[k] for k in self.regularized}, weight_decay)
         for name, g in dreg.items():
             self.grads[name] += g
         return terms
@@ -121,10 +120,10 @@ class VAE:
         logits = self.decoder.forward(mu + eps * sigma)                 # shaped like x
         bce, dlogits = bce_with_logits(logits, x)
         kl, dmu_kl, dscale_kl = self.kl_term(mu, s)
-        reg, _ = l2_penalty({k: self.params[k] for k in self.regularized}, weight_decay)
+        reg, dreg = l2_penalty({k: self.params[k] for k in self.regularized}, weight_decay)
         recon, kl_value = float(bce.sum()) / n, float(kl.sum()) / n
         terms = LossTerms(recon + beta * kl_value + reg, recon, kl_value, reg)
-        return terms, (logits, eps, sigma, dlogits, dmu_kl, dscale_kl)
+        return terms, (logits, eps, sigma, dlogits, dmu_kl, dscale_kl, dreg)
 
     def __repr__(self):
         parts = [f"  {name}: {layer!r}".replace("\n", "\n  ") for name, layer in
