@@ -103,7 +103,11 @@ def loss_curves(path, rows):
     epochs = [int(r["epoch"]) for r in rows]
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train loss (−ELBO + reg)")
+    ax.plot(epochs, [float(r["train_loss"]) for r in rows], "o-",
+            label="train loss (recon + β·KL + reg)")
+    if rows and "train_recon" in rows[0]:
+        ax.plot(epochs, [float(r["train_recon"]) + float(r["train_kl"]) for r in rows], "^--",
+                label="train −ELBO (recon + KL)")
     ax.plot(epochs, [float(r["test_neg_elbo"]) for r in rows], "s-", label="test −ELBO")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")

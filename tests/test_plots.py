@@ -60,8 +60,8 @@ def test_pca_axes_orthonormal_and_ordered():
 
 
 def test_loss_curves_and_scatter(tmp_path):
-    rows = [{"epoch": e, "train_loss": 300 - 10 * e, "test_neg_elbo": 295 - 9 * e}
-            for e in (1, 2, 3)]
+    rows = [{"epoch": e, "train_loss": 300 - 10 * e, "train_recon": 280 - 10 * e,
+             "train_kl": 10, "test_neg_elbo": 295 - 9 * e} for e in (1, 2, 3)]
     plots.loss_curves(tmp_path / "loss.png", rows)
     rng = np.random.default_rng(1)
     plots.latent_scatter(tmp_path / "c.png", rng.standard_normal((200, 2)),
