@@ -465,6 +465,8 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
 
     write_text_atomic(out / "config.json", json.dumps(cfg, indent=2) + "\n")
     write_metrics(out / "metrics.csv", history)   # drops rows of epochs lost to an interruption
+    if history:
+        plots.loss_curves(out / "loss.png", history)
 
     # The fixed grid: sample_size^2 training images, their reconstruction noise, prior draws.
     s = cfg["sample_size"]
