@@ -144,21 +144,22 @@ def conv2d(x, W, stride, padding):
     return batch_first(y2, x.shape[0], Ho, Wo), cols
 
 
-def conv2d_transpose(y, W, stride, padding, out_hw):
-    """The adjoint of conv2d in x: y (N, F, Ho, Wo), W (F, C, kh, kw) -> x (N, C, H, W).
+def conv2d_transpose(y_t, W, stride, padding, out_shape):
+    """The adjoint of conv2d in x: y_t = batch_last(y) (F, Ho*Wo*N), W (F, C, kh, kw) -> x.
 
-    out_hw = (H, W) picks the output size (several H map onto the same Ho when s > 1).
+    out_shape = (N, C, H, W) picks the output size (several H map onto the same Ho when s > 1).
+    y arrives as batch_last(y) because the caller needs that form for the weight gradient too.
     """
     F, C, kh, kw = W.shape
-    cols = weights_as_matrix(W).T @ batch_last(y)              # (kh*kw*C, Ho*Wo*N)
-    return col2im(cols, (y.shape[0], C) + tuple(out_hw), kh, kw, stride, padding)
+    cols = weights_as_matrix(W).T @ y_t                        # (kh*kw*C, Ho*Wo*N)
+    return col2im(cols, out_shape, kh, kw, stride, padding)
 
 
-def conv2d_weight_grad(cols, dy, w_shape):
-    """dL/dW of conv2d: cols = im2col(x) (kh*kw*C, Ho*Wo*N), dy (N, F, Ho, Wo) -> (F, C, kh, kw).
+def conv2d_weight_grad(dy_t, cols, w_shape):
+    """dL/dW of conv2d: dy_t = batch_last(dy) (F, Ho*Wo*N), cols = im2col(x) -> (F, C, kh, kw).
 
     y = W cols (as matrices), so dW = dy cols^T, summing over every output pixel of the batch.
     """
     F, C, kh, kw = w_shape
-    dW = batch_last(dy) @ cols.T                               # (F, kh*kw*C)
+    dW = dy_t @ cols.T                                         # (F, kh*kw*C)
     return dW.reshape(F, kh, kw, C).transpose(0, 3, 1, 2)      # (F, C, kh, kw)

@@ -18,8 +18,8 @@ import math
 import numpy as np
 
 from minivae.backend import array_module, get_backend, make_rng, to_device
-from minivae.conv import (conv2d, conv2d_transpose, conv2d_weight_grad, conv_output_size,
-                          conv_transpose_output_size)
+from minivae.conv import (batch_last, conv2d, conv2d_transpose, conv2d_weight_grad,
+                          conv_output_size, conv_transpose_output_size)
 
 
 class Layer:
@@ -116,7 +116,7 @@ class Conv2d(Layer):
         return conv_output_size(H, kh, s, p), conv_output_size(W, kw, s, p)
 
     def forward(self, x):
-        self.in_hw = x.shape[2:]
+        self.in_shape = x.shape
         y, self.cols = conv2d(x, self.params["W"], self.stride, self.padding)
         y += self.params["b"].reshape(1, -1, 1, 1)
         return y
@@ -128,11 +128,12 @@ class Conv2d(Layer):
         #   dx = the adjoint of the convolution applied to dy, i.e. a transposed convolution
         #        (col2im adds each receptive field's share back onto the pixels it came from).
         W = self.params["W"]
-        self.grads["W"] = conv2d_weight_grad(self.cols, dy, W.shape)            # (F, C, kh, kw)
-        self.grads["b"] = dy.sum(axis=(0, 2, 3))                               # (F,)
+        dy_t = batch_last(dy)                           # (F, Ho*Wo*N), shared by dW and dx
+        self.grads["W"] = conv2d_weight_grad(dy_t, self.cols, W.shape)      # (F, C, kh, kw)
+        self.grads["b"] = dy.sum(axis=(0, 2, 3))                           # (F,)
         if self.skip_input_grad:
             return None
-        return conv2d_transpose(dy, W, self.stride, self.padding, self.in_hw)  # (N, C, H, W)
+        return conv2d_transpose(dy_t, W, self.stride, self.padding, self.in_shape)  # like x
 
     def __repr__(self):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, "
@@ -166,8 +167,9 @@ class ConvTranspose2d(Layer):
         out_hw = self.output_shape(*x.shape[2:])
         if min(out_hw) < 1:
             raise ValueError(f"ConvTranspose2d output would be {out_hw} for input {x.shape[2:]}")
-        self.x = x
-        y = conv2d_transpose(x, self.params["W"], self.stride, self.padding, out_hw)
+        self.x_t = batch_last(x)                        # (Cin, H*W*N), kept for dW
+        out_shape = (x.shape[0], self.out_channels) + out_hw
+        y = conv2d_transpose(self.x_t, self.params["W"], self.stride, self.padding, out_shape)
         y += self.params["b"].reshape(1, -1, 1, 1)
         return y
 
@@ -179,7 +181,7 @@ class ConvTranspose2d(Layer):
         #   db = dy summed over everything but the channel.
         W = self.params["W"]
         dx, cols = conv2d(dy, W, self.stride, self.padding)                    # (N, Cin, H, W)
-        self.grads["W"] = conv2d_weight_grad(cols, self.x, W.shape)            # (Cin, Cout, kh, kw)
+        self.grads["W"] = conv2d_weight_grad(self.x_t, cols, W.shape)          # (Cin, Cout, kh, kw)
         self.grads["b"] = dy.sum(axis=(0, 2, 3))                               # (Cout,)
         return dx
 
