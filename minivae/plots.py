@@ -203,7 +203,8 @@ def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, m
         means = np.concatenate(means)
         d = means.shape[1]
         names = CLASS_NAMES.get(cfg["dataset"])
-        title = f"{cfg['model']} VAE on {cfg['dataset']}, epoch {ckpt.epoch}: test-set means"
+        title = (f"{cfg['model']} VAE on {cfg['dataset']}, epoch {ckpt.epoch}: means of "
+                 f"{len(means)} test images")
         if d == 1:
             coords, axes = np.stack([means[:, 0], np.zeros(len(means))], axis=1), None
             xl, yl = "z[0]", "(1-D latent)"
