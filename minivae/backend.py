@@ -12,9 +12,6 @@ there and copied over, so a seed gives the same numbers on both backends and the
 can be saved in a checkpoint as plain integers.
 """
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 BACKENDS = ("auto", "numpy", "cupy")
@@ -82,51 +79,3 @@ def make_rng(seed=None):
         return seed
     return np.random.default_rng(seed)
 
-
-# ---- threads for NumPy's memory-bound loops
-
-_POOL = None
-_THREADS = None
-
-
-def cpu_count():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def num_threads():
-    """Threads for the copy loops: set_num_threads(n), else $OPENBLAS_NUM_THREADS (so one
-    setting governs BLAS and these loops alike), else one per core."""
-    global _THREADS
-    if _THREADS is None:
-        _THREADS = int(os.environ.get("OPENBLAS_NUM_THREADS") or 0) or cpu_count()
-    return _THREADS
-
-
-def set_num_threads(n):
-    global _THREADS
-    _THREADS = max(1, int(n))
-
-
-def parallel_for(n, fn, like, work=None):
-    """Run fn(lo, hi) over [0, n) cut into one contiguous piece per core, on threads, when
-    `like` is a NumPy array (on a GPU the loop body is already parallel: run it once).
-
-    BLAS already spreads matrix products over the cores, but NumPy's copies and elementwise loops
-    run on one. They do release the GIL, so when each piece writes memory no other piece touches
-    (say, its own range of channels), threads share that work with no locks. `work` is the
-    number of elements involved (default like.size): below ~64k the threads would cost more than they save.
-    """
-    global _POOL
-    pieces = min(n, num_threads())
-    if pieces < 2 or not isinstance(like, np.ndarray) or (work or like.size) < 1 << 16:
-        fn(0, n)
-        return
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(cpu_count(), thread_name_prefix="minivae")
-    bounds = [n * k // pieces for k in range(pieces + 1)]
-    futures = [_POOL.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    for f in futures:
-        f.result()

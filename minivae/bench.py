@@ -392,8 +392,6 @@ def blas_threads():
 def set_threads(n):
     """Use n threads in NumPy's OpenBLAS and in PyTorch (if imported). Returns the BLAS count
     actually in effect (None if unknown)."""
-    from minivae.backend import set_num_threads
-    set_num_threads(n)                      # minivae's own copy loops (backend.parallel_for)
     setter = _openblas("set_num_threads")
     if setter is not None:
         setter(int(n))

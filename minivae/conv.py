@@ -24,7 +24,7 @@ size Ho, produces H = (Ho - 1) s - 2p + kh (the size a conv2d would map back ont
 
 import numpy as np
 
-from minivae.backend import array_module, parallel_for
+from minivae.backend import array_module
 
 
 def conv_output_size(size, kernel, stride, padding):
@@ -51,15 +51,11 @@ def im2col(x, kh, kw, stride, padding):
     Wo = conv_output_size(W, kw, stride, padding)
     p = padding
     xpad = xp.zeros((C, H + 2 * p, W + 2 * p, N), dtype=x.dtype)
+    copy_batch_last(x, out=xpad[:, p:p + H, p:p + W])
     cols = xp.empty((kh, kw, C, Ho, Wo, N), dtype=x.dtype)
-
-    def fill(c0, c1):                  # channels c0..c1-1 (one range per core)
-        copy_batch_last(x[:, c0:c1], out=xpad[c0:c1, p:p + H, p:p + W])
-        for i in range(kh):
-            for j in range(kw):
-                cols[i, j, c0:c1] = xpad[c0:c1, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
-
-    parallel_for(C, fill, like=x, work=cols.size)
+    for i in range(kh):
+        for j in range(kw):
+            cols[i, j] = xpad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
     return cols.reshape(kh * kw * C, Ho * Wo * N)
 
 
@@ -72,16 +68,10 @@ def col2im(cols, x_shape, kh, kw, stride, padding):
     p = padding
     cols = cols.reshape(kh, kw, C, Ho, Wo, N)
     xpad = xp.zeros((C, H + 2 * p, W + 2 * p, N), dtype=cols.dtype)
-    x = xp.empty((N, C, H, W), dtype=cols.dtype)
-
-    def accumulate(c0, c1):            # channels c0..c1-1 (one range per core)
-        for i in range(kh):
-            for j in range(kw):
-                xpad[c0:c1, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += cols[i, j, c0:c1]
-        x[:, c0:c1] = xpad[c0:c1, p:p + H, p:p + W].transpose(3, 0, 1, 2)
-
-    parallel_for(C, accumulate, like=cols)
-    return x
+    for i in range(kh):
+        for j in range(kw):
+            xpad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += cols[i, j]
+    return xp.ascontiguousarray(xpad[:, p:p + H, p:p + W].transpose(3, 0, 1, 2))
 
 
 def weights_as_matrix(W):
@@ -108,27 +98,13 @@ def copy_batch_last(x, out):
 def batch_last(y):
     """(N, F, H, W) -> (F, H*W*N): an activation laid out like a row block of cols."""
     N, F, H, W = y.shape
-    xp = array_module(y)
-    out = xp.empty((F, H, W, N), dtype=y.dtype)
-
-    def copy(f0, f1):
-        copy_batch_last(y[:, f0:f1], out[f0:f1])
-
-    parallel_for(F, copy, like=y)
-    return out.reshape(F, -1)
+    out = array_module(y).empty((F, H, W, N), dtype=y.dtype)
+    return copy_batch_last(y, out).reshape(F, -1)
 
 
 def batch_first(y2, N, H, W):
     """(F, H*W*N) -> (N, F, H, W): back to the layers' NCHW layout."""
-    xp = array_module(y2)
-    F = y2.shape[0]
-    y4, out = y2.reshape(F, H, W, N), xp.empty((N, F, H, W), dtype=y2.dtype)
-
-    def copy(f0, f1):
-        out[:, f0:f1] = y4[f0:f1].transpose(3, 0, 1, 2)
-
-    parallel_for(F, copy, like=y2)
-    return out
+    return array_module(y2).ascontiguousarray(y2.reshape(-1, H, W, N).transpose(3, 0, 1, 2))
 
 
 def conv2d(x, W, stride, padding):

@@ -11,7 +11,7 @@ The divisions by 1 - b^t undo the bias of starting m and v at zero.
 
 import math
 
-from minivae.backend import array_module, parallel_for
+from minivae.backend import array_module
 
 
 class Adam:
@@ -32,23 +32,13 @@ class Adam:
         step_size = self.lr / (1 - b1 ** self.t)
         c2 = math.sqrt(1 - b2 ** self.t)
         grads = self.model.grads
-
-        def update(p, g, m, v):
+        for name, p in self.model.params.items():
+            g, m, v = grads[name], self.m[name], self.v[name]
             m *= b1
             m += (1 - b1) * g
             v *= b2
             v += (1 - b2) * (g * g)
             p -= step_size * m / (array_module(p).sqrt(v) / c2 + self.eps)
-
-        for name, p in self.model.params.items():
-            arrays = (p, grads[name], self.m[name], self.v[name])
-            if all(a.flags.c_contiguous for a in arrays):
-                # Elementwise, so any split of the flat arrays gives the same numbers: large
-                # tensors are cut into one piece per core (see backend.parallel_for).
-                flat = [a.reshape(-1) for a in arrays]
-                parallel_for(p.size, lambda lo, hi: update(*(a[lo:hi] for a in flat)), like=p)
-            else:
-                update(*arrays)
 
     def state_dict(self):
         """Everything needed to continue exactly: step count, hyper-parameters and moments."""
