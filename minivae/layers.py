@@ -93,11 +93,14 @@ class Dense(Layer):
 # Convolutions (the arithmetic is in conv.py: im2col, col2im and the two contractions)
 
 
-class Conv2d(Layer):
-    """y = conv2d(x, W) + b: x (N, C, H, W), W (F, C, kh, kw), b (F,), y (N, F, Ho, Wo).
+class _Conv(Layer):
+    """What both convolutions share: settings, Glorot-uniform weights, zero biases.
 
-    Ho = floor((H + 2p - kh) / s) + 1, and likewise Wo.
+    fan_in = in_channels * kh * kw and fan_out = out_channels * kh * kw for both (Flux's rule);
+    only the order of the weight's first two axes differs (WEIGHT_ORDER).
     """
+
+    WEIGHT_ORDER = "FC"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
                  dtype=np.float32, backend="numpy", rng=None):
@@ -105,11 +108,26 @@ class Conv2d(Layer):
         kh, kw = _pair(kernel_size)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        first_two = ((out_channels, in_channels) if self.WEIGHT_ORDER == "FC"
+                     else (in_channels, out_channels))
         self.params = {
-            "W": glorot_uniform((out_channels, in_channels, kh, kw), in_channels * kh * kw,
+            "W": glorot_uniform(first_two + (kh, kw), in_channels * kh * kw,
                                 out_channels * kh * kw, dtype=dtype, backend=backend, rng=rng),
             "b": zeros((out_channels,), dtype=dtype, backend=backend),
         }
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
+                f"{self.kernel_size}, stride={self.stride}, padding={self.padding})")
+
+
+class Conv2d(_Conv):
+    """y = conv2d(x, W) + b: x (N, C, H, W), W (F, C, kh, kw), b (F,), y (N, F, Ho, Wo).
+
+    Ho = floor((H + 2p - kh) / s) + 1, and likewise Wo.
+    """
+
+    WEIGHT_ORDER = "FC"                  # W is (out, in, kh, kw)
 
     def output_shape(self, H, W):
         (kh, kw), s, p = self.kernel_size, self.stride, self.padding
@@ -135,29 +153,15 @@ class Conv2d(Layer):
             return None
         return conv2d_transpose(dy_t, W, self.stride, self.padding, self.in_shape)  # like x
 
-    def __repr__(self):
-        return (f"Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding})")
 
-
-class ConvTranspose2d(Layer):
+class ConvTranspose2d(_Conv):
     """y = conv2d_transpose(x, W) + b: x (N, Cin, H, W), W (Cin, Cout, kh, kw), y (N, Cout, Ho, Wo).
 
     Ho = (H - 1) s - 2p + kh. This is the adjoint of a Conv2d from Cout to Cin channels with the
     same weights (PyTorch's layout), so it maps an image back onto the size the conv came from.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
-                 dtype=np.float32, backend="numpy", rng=None):
-        super().__init__()
-        kh, kw = _pair(kernel_size)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
-        self.params = {
-            "W": glorot_uniform((in_channels, out_channels, kh, kw), in_channels * kh * kw,
-                                out_channels * kh * kw, dtype=dtype, backend=backend, rng=rng),
-            "b": zeros((out_channels,), dtype=dtype, backend=backend),
-        }
+    WEIGHT_ORDER = "CF"                  # W is (in, out, kh, kw), PyTorch's layout
 
     def output_shape(self, H, W):
         (kh, kw), s, p = self.kernel_size, self.stride, self.padding
@@ -184,10 +188,6 @@ class ConvTranspose2d(Layer):
         self.grads["W"] = conv2d_weight_grad(self.x_t, cols, W.shape)          # (Cin, Cout, kh, kw)
         self.grads["b"] = dy.sum(axis=(0, 2, 3))                               # (Cout,)
         return dx
-
-    def __repr__(self):
-        return (f"ConvTranspose2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding})")
 
 
 def _pair(k):
