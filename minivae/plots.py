@@ -203,8 +203,8 @@ def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, m
         means = np.concatenate(means)
         d = means.shape[1]
         names = CLASS_NAMES.get(cfg["dataset"])
-        title = (f"{cfg['model']} VAE on {cfg['dataset']}, epoch {ckpt.epoch}: means of "
-                 f"{len(means)} test images")
+        title = (f"{cfg['model']} VAE on {cfg['dataset']}, epoch {ckpt.epoch}\n"
+                 f"encoder means of {len(means)} test images")
         if d == 1:
             coords, axes = np.stack([means[:, 0], np.zeros(len(means))], axis=1), None
             xl, yl = "z[0]", "(1-D latent)"
@@ -214,7 +214,7 @@ def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, m
         else:
             coords, axes = pca_2d(means)
             xl, yl = f"principal axis 1 of the {d}-D means", f"principal axis 2 of the {d}-D means"
-            title += " (PCA projection)"
+            title += ", PCA projection"
         written.append(latent_scatter(run / "clustering.png", coords, labels, names, xl, yl, title))
 
         pts = manifold_points()
