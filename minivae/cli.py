@@ -84,8 +84,8 @@ def _data_args(p):
                    help="download cache (default: $MINIVAE_DATA or ./data)")
     p.add_argument("--mirror", metavar="URL_OR_DIR", action="append", default=[],
                    help="where to download from: an http(s) URL or a folder laid out as "
-                        "<dataset>/<file>; repeatable, tried in order instead of the default "
-                        "list ($MINIVAE_MIRROR, then the public mirrors)")
+                        "<dataset>/<file>; repeatable, tried in order before $MINIVAE_MIRROR "
+                        "and the public mirrors (any failure falls through to the next)")
 
 
 def _no_download_arg(p):
@@ -230,8 +230,8 @@ def cmd_download(args):
 
     names = DATASETS if args.dataset == "all" else (args.dataset,)
     for name in names:
-        path = data.download(name, data_dir=args.data_dir, mirrors=args.mirror or None,
-                             progress=True)
+        path = data.download(name, data_dir=args.data_dir,
+                             mirrors=data.mirrors(name, extra=args.mirror), progress=True)
         print(f"{name}: {path}")
     return 0
 

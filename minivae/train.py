@@ -68,7 +68,7 @@ METRIC_FIELDS = ("epoch", "train_loss", "train_recon", "train_kl", "train_reg", 
 STREAM_DATA, STREAM_GRID, STREAM_RECON, STREAM_SAMPLES, STREAM_TEST, STREAM_EVAL, STREAM_VIS = \
     range(1, 8)
 
-EVAL_BATCH = 500          # images per forward pass when evaluating
+EVAL_BATCH = 128          # images per forward pass when evaluating (bounds its memory)
 CHECKPOINT_FORMAT = "minivae-checkpoint-1"
 
 
@@ -391,12 +391,13 @@ def _warn(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def load_split(cfg, split, limit=None):
+def load_split(cfg, split, limit=None, progress=True):
     """A split of the run's dataset; with cfg["download"] False, the cached files are used as
-    they are (no download, no checksum: how tests feed in synthetic IDX files)."""
+    they are (no download, no checksum: how tests feed in synthetic IDX files). The run's
+    --mirror sources are tried in front of the default ones."""
     return data.load(cfg["dataset"], split, data_dir=cfg.get("data_dir"),
-                     mirrors=cfg.get("mirrors") or None, limit=limit,
-                     download=cfg.get("download", True))
+                     mirrors=data.mirrors(cfg["dataset"], extra=cfg.get("mirrors")), limit=limit,
+                     download=cfg.get("download", True), progress=progress)
 
 
 def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=None):
@@ -438,8 +439,8 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
     if cfg["data_dir"] is not None:
         cfg["data_dir"] = str(Path(cfg["data_dir"]).resolve())
 
-    train_x, _ = load_split(cfg, "train", cfg["limit"])
-    test_x, _ = load_split(cfg, "test", cfg["limit"])
+    train_x, _ = load_split(cfg, "train", cfg["limit"], progress)
+    test_x, _ = load_split(cfg, "test", cfg["limit"], progress)
     pad, flatten, drop_last = layout(cfg)
     steps_per_epoch = data.num_batches(len(train_x), cfg["batch_size"], drop_last)
     if steps_per_epoch == 0:

@@ -255,3 +255,14 @@ def test_killed_process_resumes_to_the_same_numbers(tmp_path, synthetic_data_dir
         for k in a.files:
             if k.startswith(("param/", "optim/", "rng/")):
                 assert np.array_equal(a[k], b[k]), k
+
+
+def test_mirror_flag_goes_in_front_of_the_default_sources(capsys, tmp_path, monkeypatch,
+                                                          real_data_mirror):
+    """A --mirror that fails falls through to $MINIVAE_MIRROR (then the public mirrors)."""
+    monkeypatch.setenv("MINIVAE_MIRROR", str(real_data_mirror))
+    rc, out, err = minivae(capsys, "download", "--dataset", "fashion-mnist", "--data-dir",
+                           tmp_path / "cache", "--mirror", tmp_path / "no-such-mirror")
+    assert rc == 0, err
+    assert (tmp_path / "cache" / "fashion-mnist" / "train-images-idx3-ubyte.gz").is_file()
+

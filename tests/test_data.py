@@ -472,6 +472,31 @@ def test_load_limit_split_and_no_download(tiny, server, tmp_path):
         load("tiny", "valid", data_dir=tmp_path)
 
 
+def test_load_without_download_takes_any_count_of_28x28_images(tmp_path, monkeypatch):
+    monkeypatch.delenv("MINIVAE_DATA", raising=False)
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    data.write_idx(folder / FILES[2], rng.integers(0, 256, (7, 28, 28), dtype=np.uint8))
+    data.write_idx(folder / FILES[3], rng.integers(0, 10, 7, dtype=np.uint8))
+    images, labels = load("fashion-mnist", "test", data_dir=tmp_path, download=False)
+    assert images.shape == (7, 28, 28) and labels.shape == (7,)
+    data.write_idx(folder / FILES[3], rng.integers(0, 10, 6, dtype=np.uint8))
+    with pytest.raises(IDXError, match="expected \\(7,\\)"):          # a label per image
+        load("fashion-mnist", "test", data_dir=tmp_path, download=False)
+    data.write_idx(folder / FILES[2], rng.integers(0, 256, (6, 27, 28), dtype=np.uint8))
+    with pytest.raises(IDXError, match="expected \\(6, 28, 28\\)"):   # the models need 28x28
+        load("fashion-mnist", "test", data_dir=tmp_path, download=False)
+
+
+def test_load_progress_false_writes_nothing(tiny, server, tmp_path, capfd):
+    load("tiny", "test", data_dir=tmp_path, mirrors=[f"{server.url}/404", f"{server.url}/good"],
+         progress=False)
+    assert capfd.readouterr().err == ""
+    load("tiny", "train", data_dir=tmp_path, mirrors=[f"{server.url}/good"])
+    assert "verified" in capfd.readouterr().err
+
+
 def test_load_refetches_a_file_that_no_longer_reads(tiny, server, tmp_path):
     folder = fetch("tiny", tmp_path, [f"{server.url}/good"])
     (folder / FILES[0]).write_bytes(b"\x1f\x8bnope")

@@ -1,0 +1,56 @@
+"""Where a training step's time goes: cProfile of `loss_and_grads` + `Adam.step`, by own time.
+
+    python benchmarks/profile_step.py conv          # or mlp; --steps, --top, --threads
+    OPENBLAS_NUM_THREADS=1 python benchmarks/profile_step.py conv
+
+Own ("tottime") times per step: in conv.py the matrix products show up as the own time of
+conv2d / conv2d_transpose / conv2d_weight_grad, the data movement as im2col / col2im /
+copy_batch_last / ascontiguousarray.
+"""
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from minivae.models import ConvVAE, MLPVAE  # noqa: E402
+from minivae.optim import Adam  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=("mlp", "conv"))
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--top", type=int, default=20)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    if args.model == "conv":
+        model, x, lr = ConvVAE(), rng.random((64, 1, 32, 32), dtype=np.float32), 1e-4
+    else:
+        model, x, lr = MLPVAE(), rng.random((128, 784), dtype=np.float32), 1e-3
+    opt = Adam(model, lr=lr)
+    for _ in range(5):                                   # warm-up: allocator, BLAS threads
+        model.loss_and_grads(x)
+        opt.step()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(args.steps):
+        model.loss_and_grads(x)
+        opt.step()
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt / args.steps * 1e3
+    print(f"{args.model}: {total:.2f} ms per step (under the profiler), own time per step:")
+    rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:args.top]
+    for (path, line, name), (_, _, own, cum, _) in rows:
+        where = f"{os.path.basename(path)}:{line}({name})" if line else name
+        print(f"  {own / args.steps * 1e3:7.2f} ms own  {cum / args.steps * 1e3:7.2f} ms total  {where}")
+
+
+if __name__ == "__main__":
+    main()
