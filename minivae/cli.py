@@ -30,44 +30,23 @@ class Parser(argparse.ArgumentParser):
 
 # -- argument types: reject bad values while parsing, with a message naming the flag ---------
 
-def positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
+def number(convert, lowest, what, inclusive=True):
+    """An argparse type: convert(text), finite and >= lowest (> lowest unless inclusive)."""
+    def parse(text):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(v) or v < lowest or (v == lowest and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return v
+    return parse
 
 
-def non_negative_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return v
-
-
-def positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
-
-
-def non_negative_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
-    return v
+positive_int = number(int, 1, "a positive integer")
+non_negative_int = number(int, 0, "a non-negative integer")
+positive_float = number(float, 0, "a positive number", inclusive=False)
+non_negative_float = number(float, 0, "a non-negative number")
 
 
 BACKENDS = ("auto", "numpy", "cupy")
