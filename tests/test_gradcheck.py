@@ -21,11 +21,14 @@ def test_float64_gradients_match_finite_differences(check, backend):
     assert ok, f"{check.name} {check.config}: " + ", ".join(f"{k}={e:.2e}" for k, e in rows)
 
 
-MODEL_CHECKS = [c for c in CHECKS if c.name in ("MLPVAE", "ConvVAE", "Conv2d", "ConvTranspose2d")][:6]
+# The float32 training path on both models and a few conv configurations (float64 above is the
+# full table; `minivae gradcheck --dtype float32` runs all of it in float32).
+FLOAT32_CHECKS = [c for c in CHECKS if c.name in ("MLPVAE", "ConvVAE")] + [
+    c for c in CHECKS if c.name in ("Conv2d", "ConvTranspose2d")][:4]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("check", MODEL_CHECKS, ids=[f"{c.name}[{c.config}]" for c in MODEL_CHECKS])
+@pytest.mark.parametrize("check", FLOAT32_CHECKS, ids=[f"{c.name}[{c.config}]" for c in FLOAT32_CHECKS])
 def test_float32_gradients_match_float64_finite_differences(check, backend):
     rows, worst, ok = gradcheck.run_check(check, backend, np.float32)
     assert ok, f"{check.name} {check.config}: " + ", ".join(f"{k}={e:.2e}" for k, e in rows)
