@@ -277,6 +277,9 @@ def _error_message(e):
         return _one_line(e)
     if isinstance(e, MemoryError):
         return "out of memory (try a smaller --batch-size)"
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        return (f"the Python package {e.name!r} is missing from {sys.executable}: install "
+                f"minivae's dependencies (`pip install -e .` in the checkout)")
     return (f"unexpected {type(e).__name__}: {_one_line(e)} "
             f"(set MINIVAE_DEBUG=1 for the traceback)")
 

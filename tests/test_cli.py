@@ -266,3 +266,9 @@ def test_mirror_flag_goes_in_front_of_the_default_sources(capsys, tmp_path, monk
     assert rc == 0, err
     assert (tmp_path / "cache" / "fashion-mnist" / "train-images-idx3-ubyte.gz").is_file()
 
+
+
+
+def test_a_missing_dependency_is_named():
+    msg = cli._error_message(ModuleNotFoundError("No module named 'PIL'", name="PIL"))
+    assert "'PIL' is missing" in msg and "pip install" in msg and "\n" not in msg
