@@ -138,4 +138,4 @@ def conv2d_weight_grad(dy_t, cols, w_shape):
     """
     F, C, kh, kw = w_shape
     dW = dy_t @ cols.T                                         # (F, kh*kw*C)
-    return dW.reshape(F, kh, kw, C).transpose(0, 3, 1, 2)      # (F, C, kh, kw)
+    return array_module(dW).ascontiguousarray(dW.reshape(F, kh, kw, C).transpose(0, 3, 1, 2))

@@ -97,10 +97,8 @@ class _Conv(Layer):
     """What both convolutions share: settings, Glorot-uniform weights, zero biases.
 
     fan_in = in_channels * kh * kw and fan_out = out_channels * kh * kw for both (Flux's rule);
-    only the order of the weight's first two axes differs (WEIGHT_ORDER).
+    only the order of the weight's first two axes differs (each subclass's WEIGHT_ORDER).
     """
-
-    WEIGHT_ORDER = "FC"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
                  dtype=np.float32, backend="numpy", rng=None):
