@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import struct
 import sys
 import tempfile

@@ -256,12 +256,6 @@ def write_metrics(path, rows):
     write_text_atomic(path, buf.getvalue())
 
 
-def read_metrics(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return [{k: (int(r[k]) if k == "epoch" else float(r[k])) for k in METRIC_FIELDS} for r in rows]
-
-
 def checkpoint_path(out, epoch):
     return Path(out) / "checkpoints" / f"model-{epoch}.npz"
 
