@@ -16,6 +16,22 @@ import pytest
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_configure(config):
+    """Stop at once, with one clear line, when minivae's own dependencies are missing (a bare
+    interpreter rather than the README's virtual environment) instead of failing half the suite."""
+    missing = []
+    for module, package in (("PIL", "pillow"), ("matplotlib", "matplotlib"), ("tqdm", "tqdm"),
+                            ("requests", "requests")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        pytest.exit(f"minivae's dependencies are missing here ({', '.join(missing)}): run the "
+                    f"README's test command, which installs them ('pip install -e .[test]')",
+                    returncode=4)
+
+
 def synthetic_images(n, seed):
     """n 28x28 uint8 images in 10 classes: a Gaussian blob whose place and width depend on the
     class, at one of five brightness levels. Learnable in a few hundred steps, compressible."""
