@@ -41,9 +41,6 @@ class VAE:
     regularized         names of the parameters the L2 penalty covers
     """
 
-    LOG_SIGMA_PER_UNIT = 1.0
-    kl_term = staticmethod(kl_log_sigma)
-
     def __init__(self, *, seed, dtype, backend):
         self.xp = get_backend(backend)
         self.dtype = np.dtype(dtype)
