@@ -5,7 +5,7 @@
 
 Own ("tottime") times per step: in conv.py the matrix products show up as the own time of
 conv2d / conv2d_transpose / conv2d_weight_grad, the data movement as im2col / col2im /
-copy_batch_last / ascontiguousarray.
+batch_last / batch_first / ascontiguousarray.
 """
 
 import argparse

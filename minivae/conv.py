@@ -1,11 +1,16 @@
 """The three primitives behind Conv2d and ConvTranspose2d.
 
-A 2-D convolution (strictly, a cross-correlation, as in PyTorch) of x (N, C, H, W) with weights
+A 2-D convolution (strictly, a cross-correlation, as in PyTorch) of images x with weights
 W (F, C, kh, kw) is a matrix product once every receptive field is laid out as a column:
 
-    im2col:  cols[(i, j, c), (oh, ow, n)] = xpad[n, c, i + s*oh, j + s*ow]   (kh*kw*C, Ho*Wo*N)
-    conv2d:  y[n, f, oh, ow] = sum_{i,j,c} W[f, c, i, j] * cols[(i, j, c), (oh, ow, n)]
-             i.e. the matrix product W (F, kh*kw*C) @ cols, then back to NCHW
+    im2col:  cols[(i, j, c), (oh, ow, n)] = xpad[c, i + s*oh, j + s*ow, n]   (kh*kw*C, Ho*Wo*N)
+    conv2d:  y[f, oh, ow, n] = sum_{i,j,c} W[f, c, i, j] * cols[(i, j, c), (oh, ow, n)]
+             i.e. the matrix product W (F, kh*kw*C) @ cols, read as (F, Ho, Wo, N)
+
+Everything here works on batch-last images (C, H, W, N): then the product's output is already an
+image in the same layout, with nothing to transpose, and the strided copies move runs of N numbers.
+The layers accept NCHW (N, C, H, W) by default and convert with batch_last / batch_first; a model
+that keeps a whole stack of convolutions batch-last (layout="CHWN") converts once at each end.
 
 im2col is a loop over the kh*kw kernel positions, each one strided slice of the padded input
 (Chainer's `conv.py` does the same). Everything in conv2d is linear in x, so its adjoint -- the map
@@ -38,20 +43,22 @@ def conv_transpose_output_size(size, kernel, stride, padding):
 
 
 def im2col(x, kh, kw, stride, padding):
-    """x (N, C, H, W) -> cols (kh*kw*C, Ho*Wo*N): one column per output pixel.
+    """x (C, H, W, N) -> cols (kh*kw*C, Ho*Wo*N): one column per output pixel.
 
-    The batch index runs fastest in both the padded copy of x, (C, H, W, N), and in cols, so each
-    of the kh*kw strided copies below moves runs of N numbers (not rows of Wo, which are short in
-    small images); and the convolution is one plain GEMM with no hidden transposes of cols, the
+    The batch index runs fastest in x, in its padded copy and in cols, so each of the kh*kw
+    strided copies below moves runs of N numbers (not rows of Wo, which are short in small
+    images); and the convolution is one plain GEMM with no hidden transposes of cols, the
     largest array of the layer.
     """
     xp = array_module(x)
-    N, C, H, W = x.shape
+    C, H, W, N = x.shape
     Ho = conv_output_size(H, kh, stride, padding)
     Wo = conv_output_size(W, kw, stride, padding)
     p = padding
-    xpad = xp.zeros((C, H + 2 * p, W + 2 * p, N), dtype=x.dtype)
-    copy_batch_last(x, out=xpad[:, p:p + H, p:p + W])
+    xpad = x
+    if p:
+        xpad = xp.zeros((C, H + 2 * p, W + 2 * p, N), dtype=x.dtype)
+        xpad[:, p:p + H, p:p + W] = x
     cols = xp.empty((kh, kw, C, Ho, Wo, N), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -60,9 +67,12 @@ def im2col(x, kh, kw, stride, padding):
 
 
 def col2im(cols, x_shape, kh, kw, stride, padding):
-    """The adjoint of im2col: cols (kh*kw*C, Ho*Wo*N) -> x (N, C, H, W), overlaps summed."""
+    """The adjoint of im2col: cols (kh*kw*C, Ho*Wo*N) -> x (C, H, W, N), overlaps summed.
+
+    Returns a view into the padded sum (no copy to drop the border).
+    """
     xp = array_module(cols)
-    N, C, H, W = x_shape
+    C, H, W, N = x_shape
     Ho = conv_output_size(H, kh, stride, padding)
     Wo = conv_output_size(W, kw, stride, padding)
     p = padding
@@ -71,7 +81,7 @@ def col2im(cols, x_shape, kh, kw, stride, padding):
     for i in range(kh):
         for j in range(kw):
             xpad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += cols[i, j]
-    return xp.ascontiguousarray(xpad[:, p:p + H, p:p + W].transpose(3, 0, 1, 2))
+    return xpad[:, p:p + H, p:p + W]
 
 
 def weights_as_matrix(W):
@@ -80,14 +90,16 @@ def weights_as_matrix(W):
     return W.transpose(0, 2, 3, 1).reshape(F, -1)
 
 
-def copy_batch_last(x, out):
-    """out (C, H, W, N) = x (N, C, H, W) transposed.
+def batch_last(x):
+    """(N, C, H, W) -> (C, H, W, N), the layout the functions above work in.
 
     Copied 8 samples at a time: a plain transposed copy gathers one number per cache line it
     reads, while 8 samples at once write 32-byte runs and read 8 streams (3-4x faster with
     NumPy; on a GPU one copy is best).
     """
-    if array_module(x) is not np:
+    xp = array_module(x)
+    out = xp.empty(x.shape[1:] + x.shape[:1], dtype=x.dtype)
+    if xp is not np:
         out[...] = x.transpose(1, 2, 3, 0)
         return out
     for k in range(0, x.shape[0], 8):
@@ -95,47 +107,39 @@ def copy_batch_last(x, out):
     return out
 
 
-def batch_last(y):
-    """(N, F, H, W) -> (F, H*W*N): an activation laid out like a row block of cols."""
-    N, F, H, W = y.shape
-    out = array_module(y).empty((F, H, W, N), dtype=y.dtype)
-    return copy_batch_last(y, out).reshape(F, -1)
-
-
-def batch_first(y2, N, H, W):
-    """(F, H*W*N) -> (N, F, H, W): back to the layers' NCHW layout."""
-    return array_module(y2).ascontiguousarray(y2.reshape(-1, H, W, N).transpose(3, 0, 1, 2))
+def batch_first(x):
+    """(C, H, W, N) -> (N, C, H, W): back to the layers' default layout."""
+    return array_module(x).ascontiguousarray(x.transpose(3, 0, 1, 2))
 
 
 def conv2d(x, W, stride, padding):
-    """x (N, C, H, W), W (F, C, kh, kw) -> y (N, F, Ho, Wo), cols.  No bias.
+    """x (C, H, W, N), W (F, C, kh, kw) -> y (F, Ho, Wo, N), cols.  No bias.
 
     The columns are returned too: the weight gradient needs them, and recomputing is a waste.
     """
     F, C, kh, kw = W.shape
     cols = im2col(x, kh, kw, stride, padding)                  # (kh*kw*C, Ho*Wo*N)
-    y2 = weights_as_matrix(W) @ cols                           # (F, Ho*Wo*N)
-    Ho = conv_output_size(x.shape[2], kh, stride, padding)
-    Wo = conv_output_size(x.shape[3], kw, stride, padding)
-    return batch_first(y2, x.shape[0], Ho, Wo), cols
+    y = weights_as_matrix(W) @ cols                            # (F, Ho*Wo*N)
+    Ho = conv_output_size(x.shape[1], kh, stride, padding)
+    Wo = conv_output_size(x.shape[2], kw, stride, padding)
+    return y.reshape(F, Ho, Wo, x.shape[3]), cols
 
 
-def conv2d_transpose(y_t, W, stride, padding, out_shape):
-    """The adjoint of conv2d in x: y_t = batch_last(y) (F, Ho*Wo*N), W (F, C, kh, kw) -> x.
+def conv2d_transpose(y, W, stride, padding, out_hw):
+    """The adjoint of conv2d in x: y (F, Ho, Wo, N), W (F, C, kh, kw) -> x (C, H, W, N).
 
-    out_shape = (N, C, H, W) picks the output size (several H map onto the same Ho when s > 1).
-    y arrives as batch_last(y) because the caller needs that form for the weight gradient too.
+    out_hw = (H, W) picks the output size (several H map onto the same Ho when s > 1).
     """
     F, C, kh, kw = W.shape
-    cols = weights_as_matrix(W).T @ y_t                        # (kh*kw*C, Ho*Wo*N)
-    return col2im(cols, out_shape, kh, kw, stride, padding)
+    cols = weights_as_matrix(W).T @ y.reshape(F, -1)           # (kh*kw*C, Ho*Wo*N)
+    return col2im(cols, (C,) + tuple(out_hw) + y.shape[3:], kh, kw, stride, padding)
 
 
-def conv2d_weight_grad(dy_t, cols, w_shape):
-    """dL/dW of conv2d: dy_t = batch_last(dy) (F, Ho*Wo*N), cols = im2col(x) -> (F, C, kh, kw).
+def conv2d_weight_grad(dy, cols, w_shape):
+    """dL/dW of conv2d: dy (F, Ho, Wo, N), cols = im2col(x) -> (F, C, kh, kw).
 
     y = W cols (as matrices), so dW = dy cols^T, summing over every output pixel of the batch.
     """
     F, C, kh, kw = w_shape
-    dW = dy_t @ cols.T                                         # (F, kh*kw*C)
+    dW = dy.reshape(F, -1) @ cols.T                            # (F, kh*kw*C)
     return array_module(dW).ascontiguousarray(dW.reshape(F, kh, kw, C).transpose(0, 3, 1, 2))

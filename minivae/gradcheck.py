@@ -239,6 +239,18 @@ def all_checks():
             lambda k=k, s=s, p=p, **kw: ConvTranspose2d(4, 3, k, s, p, **kw), (n, 4, *ho))))
         if isinstance(k, int):
             checks.append(Check("adjoint", cfg, adjoint_check(3, 4, k, s, p, hw, n)))
+    # The batch-last layout ConvVAE computes in: x arrives as (C, H, W, N).
+    for k, s, p, hw, n in [(4, 2, 1, (8, 6), 2), (3, 1, 1, (5, 7), 3), ((2, 3), 2, 1, (6, 8), 2),
+                           (5, 3, 2, (7, 9), 1)]:
+        kh, kw = (k, k) if isinstance(k, int) else k
+        ho = [conv_output_size(d, kh if i == 0 else kw, s, p) for i, d in enumerate(hw)]
+        checks.append(Check("Conv2d", f"CHWN k={kh}x{kw} s={s} p={p} x=(3,{hw[0]},{hw[1]},{n})",
+                            layer_check(lambda k=k, s=s, p=p, **kw: Conv2d(
+                                3, 4, k, s, p, layout="CHWN", **kw), (3,) + hw + (n,))))
+        checks.append(Check("ConvTranspose2d",
+                            f"CHWN k={kh}x{kw} s={s} p={p} x=(4,{ho[0]},{ho[1]},{n})",
+                            layer_check(lambda k=k, s=s, p=p, **kw: ConvTranspose2d(
+                                4, 3, k, s, p, layout="CHWN", **kw), (4, *ho, n))))
     for n, i, o in [(1, 1, 1), (3, 5, 4), (4, 17, 9)]:
         checks.append(Check("Dense", f"x=({n},{i}) out={o}",
                             layer_check(lambda i=i, o=o, **kw: Dense(i, o, **kw), (n, i))))
@@ -248,6 +260,10 @@ def all_checks():
     checks.append(Check("Flatten", "x=(2,3,4,5)", layer_check(lambda **kw: Flatten(), (2, 3, 4, 5))))
     checks.append(Check("Reshape", "x=(2,60)->(3,4,5)",
                         layer_check(lambda **kw: Reshape(3, 4, 5), (2, 60))))
+    checks.append(Check("Flatten", "CHWN x=(3,4,5,2)",
+                        layer_check(lambda **kw: Flatten(layout="CHWN"), (3, 4, 5, 2))))
+    checks.append(Check("Reshape", "CHWN x=(2,60)->(3,4,5,2)",
+                        layer_check(lambda **kw: Reshape(3, 4, 5, layout="CHWN"), (2, 60))))
     checks.append(Check("Sequential", "Conv-Tanh-Flatten-Dense", layer_check(
         lambda **kw: Sequential(Conv2d(2, 3, 3, 2, 1, **kw), Tanh(), Flatten(),
                                 Dense(3 * 4 * 3, 5, **kw)), (2, 2, 7, 6))))

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from minivae.backend import array_module, get_backend, make_rng, to_device
-from minivae.conv import (batch_last, conv2d, conv2d_transpose, conv2d_weight_grad,
+from minivae.conv import (batch_first, batch_last, conv2d, conv2d_transpose, conv2d_weight_grad,
                           conv_output_size, conv_transpose_output_size)
 
 
@@ -94,18 +94,23 @@ class Dense(Layer):
 
 
 class _Conv(Layer):
-    """What both convolutions share: settings, Glorot-uniform weights, zero biases.
+    """What both convolutions share: settings, Glorot-uniform weights, zero biases, the layout.
 
     fan_in = in_channels * kh * kw and fan_out = out_channels * kh * kw for both (Flux's rule);
     only the order of the weight's first two axes differs (each subclass's WEIGHT_ORDER).
+
+    layout="NCHW" (the default): images come in and go out as (N, C, H, W), converted to and from
+    the batch-last (C, H, W, N) that conv.py computes in. layout="CHWN": they arrive and leave
+    batch-last, so a stack of such layers never converts (see ConvVAE).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *,
-                 dtype=np.float32, backend="numpy", rng=None):
+                 layout="NCHW", dtype=np.float32, backend="numpy", rng=None):
         super().__init__()
         kh, kw = _pair(kernel_size)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.layout = _check_layout(layout)
         first_two = ((out_channels, in_channels) if self.WEIGHT_ORDER == "FC"
                      else (in_channels, out_channels))
         self.params = {
@@ -114,9 +119,16 @@ class _Conv(Layer):
             "b": zeros((out_channels,), dtype=dtype, backend=backend),
         }
 
+    def _batch_last(self, x):
+        return batch_last(x) if self.layout == "NCHW" else x
+
+    def _batch_first(self, x):
+        return batch_first(x) if self.layout == "NCHW" else x
+
     def __repr__(self):
+        layout = "" if self.layout == "NCHW" else f", layout={self.layout!r}"
         return (f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
-                f"{self.kernel_size}, stride={self.stride}, padding={self.padding})")
+                f"{self.kernel_size}, stride={self.stride}, padding={self.padding}{layout})")
 
 
 class Conv2d(_Conv):
@@ -132,10 +144,11 @@ class Conv2d(_Conv):
         return conv_output_size(H, kh, s, p), conv_output_size(W, kw, s, p)
 
     def forward(self, x):
-        self.in_shape = x.shape
-        y, self.cols = conv2d(x, self.params["W"], self.stride, self.padding)
-        y += self.params["b"].reshape(1, -1, 1, 1)
-        return y
+        x = self._batch_last(x)                                         # (C, H, W, N)
+        self.in_hw = x.shape[1:3]
+        y, self.cols = conv2d(x, self.params["W"], self.stride, self.padding)  # (F, Ho, Wo, N)
+        y += self.params["b"].reshape(-1, 1, 1, 1)
+        return self._batch_first(y)
 
     def backward(self, dy):
         # y = W * cols + b is linear in each of W, b and x (cols = im2col(x) just copies pixels):
@@ -144,12 +157,13 @@ class Conv2d(_Conv):
         #   dx = the adjoint of the convolution applied to dy, i.e. a transposed convolution
         #        (col2im adds each receptive field's share back onto the pixels it came from).
         W = self.params["W"]
-        dy_t = batch_last(dy)                           # (F, Ho*Wo*N), shared by dW and dx
-        self.grads["W"] = conv2d_weight_grad(dy_t, self.cols, W.shape)      # (F, C, kh, kw)
-        self.grads["b"] = dy.sum(axis=(0, 2, 3))                           # (F,)
+        dy = self._batch_last(dy)                                       # (F, Ho, Wo, N)
+        self.grads["W"] = conv2d_weight_grad(dy, self.cols, W.shape)    # (F, C, kh, kw)
+        self.grads["b"] = dy.sum(axis=(1, 2, 3))                        # (F,)
         if self.skip_input_grad:
             return None
-        return conv2d_transpose(dy_t, W, self.stride, self.padding, self.in_shape)  # like x
+        dx = conv2d_transpose(dy, W, self.stride, self.padding, self.in_hw)  # (C, H, W, N)
+        return self._batch_first(dx)
 
 
 class ConvTranspose2d(_Conv):
@@ -166,14 +180,14 @@ class ConvTranspose2d(_Conv):
         return conv_transpose_output_size(H, kh, s, p), conv_transpose_output_size(W, kw, s, p)
 
     def forward(self, x):
-        out_hw = self.output_shape(*x.shape[2:])
+        self.x = self._batch_last(x)                                    # (Cin, H, W, N), for dW
+        out_hw = self.output_shape(*self.x.shape[1:3])
         if min(out_hw) < 1:
-            raise ValueError(f"ConvTranspose2d output would be {out_hw} for input {x.shape[2:]}")
-        self.x_t = batch_last(x)                        # (Cin, H*W*N), kept for dW
-        out_shape = (x.shape[0], self.out_channels) + out_hw
-        y = conv2d_transpose(self.x_t, self.params["W"], self.stride, self.padding, out_shape)
-        y += self.params["b"].reshape(1, -1, 1, 1)
-        return y
+            raise ValueError(f"ConvTranspose2d output would be {out_hw} "
+                             f"for input {self.x.shape[1:3]}")
+        y = conv2d_transpose(self.x, self.params["W"], self.stride, self.padding, out_hw)
+        y += self.params["b"].reshape(-1, 1, 1, 1)                      # (Cout, Ho, Wo, N)
+        return self._batch_first(y)
 
     def backward(self, dy):
         # y = T(x; W) + b where T is the adjoint of the convolution C(.; W). Linear again:
@@ -182,14 +196,24 @@ class ConvTranspose2d(_Conv):
         #       is the conv weight gradient with dy as the input and x as the output gradient.
         #   db = dy summed over everything but the channel.
         W = self.params["W"]
-        dx, cols = conv2d(dy, W, self.stride, self.padding)                    # (N, Cin, H, W)
-        self.grads["W"] = conv2d_weight_grad(self.x_t, cols, W.shape)          # (Cin, Cout, kh, kw)
-        self.grads["b"] = dy.sum(axis=(0, 2, 3))                               # (Cout,)
-        return dx
+        dy = self._batch_last(dy)                                       # (Cout, Ho, Wo, N)
+        dx, cols = conv2d(dy, W, self.stride, self.padding)             # (Cin, H, W, N)
+        self.grads["W"] = conv2d_weight_grad(self.x, cols, W.shape)     # (Cin, Cout, kh, kw)
+        self.grads["b"] = dy.sum(axis=(1, 2, 3))                        # (Cout,)
+        return self._batch_first(dx)
 
 
 def _pair(k):
     return (k, k) if isinstance(k, int) else tuple(k)
+
+
+LAYOUTS = ("NCHW", "CHWN")
+
+
+def _check_layout(layout):
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return layout
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,32 +261,55 @@ def sigmoid(x):
 
 
 class Flatten(Layer):
-    """(N, d1, d2, ...) -> (N, d1*d2*...), row-major (the same order as PyTorch's flatten)."""
+    """(N, d1, d2, ...) -> (N, d1*d2*...), row-major (the same order as PyTorch's flatten).
+
+    layout="CHWN": the input is batch-last, (d1, d2, ..., N); the rows are the same.
+    """
+
+    def __init__(self, *, layout="NCHW"):
+        super().__init__()
+        self.layout = _check_layout(layout)
 
     def forward(self, x):
         self.shape = x.shape
+        if self.layout == "CHWN":
+            return x.reshape(-1, x.shape[-1]).T         # a transposed view; BLAS reads it as is
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
-        return dy.reshape(self.shape)
+        return (dy.T if self.layout == "CHWN" else dy).reshape(self.shape)
+
+    def __repr__(self):
+        return "Flatten()" if self.layout == "NCHW" else f"Flatten(layout={self.layout!r})"
 
 
 class Reshape(Layer):
-    """(N, ...) -> (N, *shape); shape excludes the batch dimension."""
+    """(N, ...) -> (N, *shape); shape excludes the batch dimension.
 
-    def __init__(self, *shape):
+    layout="CHWN": the output is batch-last instead, (*shape, N), with the same numbers.
+    """
+
+    def __init__(self, *shape, layout="NCHW"):
         super().__init__()
         self.shape = shape
+        self.layout = _check_layout(layout)
 
     def forward(self, x):
         self.in_shape = x.shape
+        if self.layout == "CHWN":
+            return x.reshape(x.shape[0], -1).T.reshape(*self.shape, x.shape[0])
         return x.reshape(x.shape[0], *self.shape)
 
     def backward(self, dy):
+        if self.layout == "CHWN":
+            return dy.reshape(-1, dy.shape[-1]).T.reshape(self.in_shape)
         return dy.reshape(self.in_shape)
 
     def __repr__(self):
-        return f"Reshape{self.shape}"
+        args = ", ".join(map(str, self.shape))
+        if self.layout != "NCHW":
+            args += f", layout={self.layout!r}"
+        return f"Reshape({args})"
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minivae.backend import backend_name, get_backend, make_rng
+from minivae.conv import batch_first, batch_last
 from minivae.layers import (ConvTranspose2d, Conv2d, Dense, Flatten, ParamView, ReLU, Reshape,
                             Sequential, Tanh)
 from minivae.losses import bce_with_logits, kl_log_sigma, kl_log_var, l2_penalty
@@ -57,16 +58,25 @@ class VAE:
     def _layer_kwargs(self):
         return dict(dtype=self.dtype, backend=backend_name(self.xp), rng=self.rng)
 
+    # ---- the layout the layers compute in: the data's own here; ConvVAE keeps its images
+    # batch-last inside, converting the data once on the way in and the logits on the way out.
+
+    def _to_layers(self, x):
+        return x
+
+    def _from_layers(self, y):
+        return y
+
     # ---- inference
 
     def encode(self, x):
         """x -> (mu, log sigma^2), each (N, latent)."""
-        h = self.encoder.forward(x)
+        h = self.encoder.forward(self._to_layers(x))
         return self.mu.forward(h), (2 * self.LOG_SIGMA_PER_UNIT) * self.scale.forward(h)
 
     def decode(self, z):
         """z (N, latent) -> Bernoulli logits shaped like x."""
-        return self.decoder.forward(z)
+        return self._from_layers(self.decoder.forward(z))
 
     def draw_noise(self, n):
         """eps ~ N(0, 1) of shape (n, latent), drawn on the host from self.rng."""
@@ -102,7 +112,7 @@ class VAE:
         if input_grad:
             # x reaches the loss twice: through the encoder, and as the BCE target, where
             # d/dx [max(l,0) - l x + log(1 + e^-|l|)] = -l.
-            self.input_grad = dx - logits / n
+            self.input_grad = self._from_layers(dx - logits / n)
         # reg = lambda sum p^2 adds 2 lambda p to each penalised parameter's gradient.
         for name, g in dreg.items():
             self.grads[name] += g
@@ -110,6 +120,7 @@ class VAE:
 
     def _forward(self, x, noise, beta, weight_decay):
         n = x.shape[0]
+        x = self._to_layers(x)                                          # the BCE target too
         h = self.encoder.forward(x)
         mu, s = self.mu.forward(h), self.scale.forward(h)               # (N, latent) each
         eps = self.draw_noise(n) if noise is None else self.xp.asarray(noise).astype(mu.dtype)
@@ -160,6 +171,8 @@ class ConvVAE(VAE):
     decoder: Dense 10 -> 256 ReLU -> 256 ReLU -> 512 ReLU, reshape (32, 4, 4),
              2 x [ConvTranspose 4x4/2/1, 32 filters, ReLU], ConvTranspose 4x4/2/1 to 1 channel
     The L2 penalty covers every parameter once (the shared trunk is not counted twice).
+    Inside, the images are batch-last (C, H, W, N) from the data to the Flatten and from the
+    Reshape to the logits (layout="CHWN"), so no convolution transposes its input or output.
     """
 
     LOG_SIGMA_PER_UNIT = 0.5
@@ -170,11 +183,12 @@ class ConvVAE(VAE):
         super().__init__(seed=seed, dtype=dtype, backend=backend)
         self.latent_dim, self.hidden_dim, self.channels = latent_dim, hidden_dim, channels
         kw, c, hd = self._layer_kwargs(), channels, hidden_dim
+        ckw = dict(kw, stride=2, padding=1, layout="CHWN")
         self.encoder = Sequential(
-            Conv2d(1, c, 4, stride=2, padding=1, **kw), ReLU(),       # (N, c, 16, 16)
-            Conv2d(c, c, 4, stride=2, padding=1, **kw), ReLU(),       # (N, c, 8, 8)
-            Conv2d(c, c, 4, stride=2, padding=1, **kw), ReLU(),       # (N, c, 4, 4)
-            Flatten(),                                                # (N, 16c)
+            Conv2d(1, c, 4, **ckw), ReLU(),                           # (c, 16, 16, N)
+            Conv2d(c, c, 4, **ckw), ReLU(),                           # (c, 8, 8, N)
+            Conv2d(c, c, 4, **ckw), ReLU(),                           # (c, 4, 4, N)
+            Flatten(layout="CHWN"),                                   # (N, 16c)
             Dense(16 * c, hd, **kw), ReLU(),
             Dense(hd, hd, **kw), ReLU())                              # (N, hd)
         self.mu = Dense(hd, latent_dim, **kw)
@@ -183,9 +197,15 @@ class ConvVAE(VAE):
             Dense(latent_dim, hd, **kw), ReLU(),
             Dense(hd, hd, **kw), ReLU(),
             Dense(hd, 16 * c, **kw), ReLU(),
-            Reshape(c, 4, 4),                                         # (N, c, 4, 4)
-            ConvTranspose2d(c, c, 4, stride=2, padding=1, **kw), ReLU(),  # (N, c, 8, 8)
-            ConvTranspose2d(c, c, 4, stride=2, padding=1, **kw), ReLU(),  # (N, c, 16, 16)
-            ConvTranspose2d(c, 1, 4, stride=2, padding=1, **kw))      # (N, 1, 32, 32) logits
+            Reshape(c, 4, 4, layout="CHWN"),                          # (c, 4, 4, N)
+            ConvTranspose2d(c, c, 4, **ckw), ReLU(),                  # (c, 8, 8, N)
+            ConvTranspose2d(c, c, 4, **ckw), ReLU(),                  # (c, 16, 16, N)
+            ConvTranspose2d(c, 1, 4, **ckw))                          # (1, 32, 32, N) logits
         self._finish("log_var")
         self.regularized = list(self.params)
+
+    def _to_layers(self, x):
+        return batch_last(x)            # (N, 1, 32, 32) -> (1, 32, 32, N)
+
+    def _from_layers(self, y):
+        return batch_first(y)

@@ -54,6 +54,30 @@ def test_conv2d_matches_a_direct_loop():
     np.testing.assert_allclose(y, expect, rtol=1e-12)
 
 
+def test_batch_last_layers_compute_the_same_numbers():
+    """layout="CHWN" is the NCHW layer with its input and output transposed, nothing else."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 2, 7, 6))
+    to_last = (1, 2, 3, 0)                                  # (N, C, H, W) -> (C, H, W, N)
+    for make in (lambda **kw: Conv2d(2, 4, 3, 2, 1, dtype=np.float64, rng=5, **kw),
+                 lambda **kw: ConvTranspose2d(2, 4, (3, 2), 1, 2, dtype=np.float64, rng=5, **kw)):
+        a, b = make(), make(layout="CHWN")
+        y = a.forward(x)
+        np.testing.assert_allclose(b.forward(x.transpose(to_last)), y.transpose(to_last), rtol=1e-12)
+        g = rng.standard_normal(y.shape)
+        np.testing.assert_allclose(b.backward(g.transpose(to_last)),
+                                   a.backward(g).transpose(to_last), rtol=1e-12)
+        for k in a.grads:
+            np.testing.assert_allclose(b.grads[k], a.grads[k], rtol=1e-12)
+    flat = Flatten(layout="CHWN").forward(x.transpose(to_last))
+    np.testing.assert_array_equal(flat, Flatten().forward(x))
+    back = Reshape(2, 7, 6, layout="CHWN").forward(flat)
+    np.testing.assert_array_equal(back, x.transpose(to_last))
+    assert repr(Reshape(2, 7, 6, layout="CHWN")) == "Reshape(2, 7, 6, layout='CHWN')"
+    with pytest.raises(ValueError, match="layout"):
+        Conv2d(1, 1, 1, layout="NHWC")
+
+
 def test_col2im_is_the_adjoint_of_im2col():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, 7, 6))
