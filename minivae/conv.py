@@ -42,46 +42,94 @@ def conv_transpose_output_size(size, kernel, stride, padding):
     return (size - 1) * stride - 2 * padding + kernel
 
 
+def _phase_slices(size, stride, padding, a):
+    """Where the rows of x sit in phase a of the padded x: (rows of x, rows of the phase).
+
+    Phase a holds padded rows a, a + s, a + 2s, ...; padded row r is row r - p of x. So its rows
+    of x are h = first, first + s, ... with (h + p) % s == a, at phase index (h + p - a) / s.
+    """
+    first = (a - padding) % stride
+    count = len(range(first, size, stride))
+    start = (first + padding - a) // stride
+    return slice(first, size, stride), slice(start, start + count)
+
+
+def _phase_shape(x_shape, stride, padding, a, b):
+    C, H, W, N = x_shape
+    return (C, len(range(a, H + 2 * padding, stride)), len(range(b, W + 2 * padding, stride)), N)
+
+
+def split_phases(x, stride, padding):
+    """x (C, H, W, N) zero-padded by p, then split by row and column mod s ("space to depth"):
+
+        phases[a][b][c, u, v, n] = xpad[c, a + s*u, b + s*v, n]
+
+    A stride-s slice of xpad is a plain (unit-stride) slice of one phase, in which whole rows of
+    Wo*N numbers are contiguous, so the copies of im2col move long runs instead of N at a time.
+    """
+    xp = array_module(x)
+    phases = [[None] * stride for _ in range(stride)]
+    for a in range(stride):
+        x_rows, p_rows = _phase_slices(x.shape[1], stride, padding, a)
+        for b in range(stride):
+            x_cols, p_cols = _phase_slices(x.shape[2], stride, padding, b)
+            phase = xp.zeros(_phase_shape(x.shape, stride, padding, a, b), dtype=x.dtype)
+            phase[:, p_rows, p_cols] = x[:, x_rows, x_cols]
+            phases[a][b] = phase
+    return phases
+
+
 def im2col(x, kh, kw, stride, padding):
     """x (C, H, W, N) -> cols (kh*kw*C, Ho*Wo*N): one column per output pixel.
 
-    The batch index runs fastest in x, in its padded copy and in cols, so each of the kh*kw
-    strided copies below moves runs of N numbers (not rows of Wo, which are short in small
-    images); and the convolution is one plain GEMM with no hidden transposes of cols, the
-    largest array of the layer.
+    The batch index runs fastest in x and in cols, so the convolution is one plain GEMM with no
+    hidden transposes of cols, the largest array of the layer. Kernel offset (i, j) reads padded
+    rows i + s*oh, i.e. rows i//s + oh of phase i % s (see split_phases).
     """
     xp = array_module(x)
     C, H, W, N = x.shape
     Ho = conv_output_size(H, kh, stride, padding)
     Wo = conv_output_size(W, kw, stride, padding)
-    p = padding
-    xpad = x
-    if p:
-        xpad = xp.zeros((C, H + 2 * p, W + 2 * p, N), dtype=x.dtype)
-        xpad[:, p:p + H, p:p + W] = x
+    phases = split_phases(x, stride, padding)
     cols = xp.empty((kh, kw, C, Ho, Wo, N), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[i, j] = xpad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+            u, v = i // stride, j // stride
+            cols[i, j] = phases[i % stride][j % stride][:, u:u + Ho, v:v + Wo]
     return cols.reshape(kh * kw * C, Ho * Wo * N)
 
 
 def col2im(cols, x_shape, kh, kw, stride, padding):
     """The adjoint of im2col: cols (kh*kw*C, Ho*Wo*N) -> x (C, H, W, N), overlaps summed.
 
-    Returns a view into the padded sum (no copy to drop the border).
+    Each phase of the padded x (see split_phases) collects the kernel offsets that land on it,
+    one phase at a time (so the sum stays in cache); then its rows of x are copied out.
     """
     xp = array_module(cols)
     C, H, W, N = x_shape
     Ho = conv_output_size(H, kh, stride, padding)
     Wo = conv_output_size(W, kw, stride, padding)
-    p = padding
     cols = cols.reshape(kh, kw, C, Ho, Wo, N)
-    xpad = xp.zeros((C, H + 2 * p, W + 2 * p, N), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            xpad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += cols[i, j]
-    return xpad[:, p:p + H, p:p + W]
+    x = xp.empty(x_shape, dtype=cols.dtype)
+    for a in range(stride):
+        x_rows, p_rows = _phase_slices(H, stride, padding, a)
+        for b in range(stride):
+            x_cols, p_cols = _phase_slices(W, stride, padding, b)
+            shape = _phase_shape(x_shape, stride, padding, a, b)
+            if a >= kh or b >= kw:              # no kernel offset lands on this phase
+                phase = xp.zeros(shape, dtype=cols.dtype)
+            else:                               # offset (a, b) covers [:Ho, :Wo]; zero the rest
+                phase = xp.empty(shape, dtype=cols.dtype)
+                phase[:, :Ho, :Wo] = cols[a, b]
+                phase[:, Ho:] = 0
+                phase[:, :Ho, Wo:] = 0
+            for i in range(a, kh, stride):
+                for j in range(b, kw, stride):
+                    u, v = i // stride, j // stride
+                    if u or v:
+                        phase[:, u:u + Ho, v:v + Wo] += cols[i, j]
+            x[:, x_rows, x_cols] = phase[:, p_rows, p_cols]
+    return x
 
 
 def weights_as_matrix(W):
