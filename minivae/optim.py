@@ -15,30 +15,49 @@ from minivae.backend import array_module
 
 
 class Adam:
+    """The moments of all parameters live in two flat vectors, so a step is a dozen array
+    operations over every number at once rather than a dozen per parameter tensor (a model has
+    tens of small tensors, and per-call overhead would dominate). self.m / self.v give per-name
+    views of them."""
+
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         if not lr > 0:
             raise ValueError(f"learning rate must be positive, got {lr}")
         self.model = model
         self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
         self.t = 0
-        self.m = {k: array_module(p).zeros_like(p) for k, p in model.params.items()}
-        self.v = {k: array_module(p).zeros_like(p) for k, p in model.params.items()}
+        params = model.params
+        xp = array_module(next(iter(params.values())))
+        self.slots, start = {}, 0                 # name -> where it sits in the flat vectors
+        for name, p in params.items():
+            self.slots[name] = (start, start + p.size, p.shape)
+            start += p.size
+        dtype = xp.result_type(*params.values())
+        self.m_flat, self.v_flat = xp.zeros(start, dtype=dtype), xp.zeros(start, dtype=dtype)
+        self.m = {k: self.m_flat[a:b].reshape(shape) for k, (a, b, shape) in self.slots.items()}
+        self.v = {k: self.v_flat[a:b].reshape(shape) for k, (a, b, shape) in self.slots.items()}
 
     def step(self):
         """Update every parameter in place from model.grads."""
         self.t += 1
-        b1, b2 = self.b1, self.b2
+        b1, b2, m, v = self.b1, self.b2, self.m_flat, self.v_flat
+        xp = array_module(m)
+        g = xp.concatenate([self.model.grads[k].reshape(-1) for k in self.slots]).astype(
+            m.dtype, copy=False)
+        m *= b1
+        m += (1 - b1) * g
+        g *= g                                    # g is our own copy: square it in place
+        v *= b2
+        v += (1 - b2) * g
         # sqrt(v / (1 - b2^t)) = sqrt(v) / sqrt(1 - b2^t): one scalar division, as PyTorch does.
-        step_size = self.lr / (1 - b1 ** self.t)
-        c2 = math.sqrt(1 - b2 ** self.t)
-        grads = self.model.grads
+        denom = xp.sqrt(v)
+        denom /= math.sqrt(1 - b2 ** self.t)
+        denom += self.eps
+        update = (self.lr / (1 - b1 ** self.t)) * m
+        update /= denom
         for name, p in self.model.params.items():
-            g, m, v = grads[name], self.m[name], self.v[name]
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * (g * g)
-            p -= step_size * m / (array_module(p).sqrt(v) / c2 + self.eps)
+            a, b, shape = self.slots[name]
+            p -= update[a:b].reshape(shape)
 
     def state_dict(self):
         """Everything needed to continue exactly: step count, hyper-parameters and moments."""
