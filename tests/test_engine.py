@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from minivae.backend import BackendError, array_module, get_backend, to_host
-from minivae.conv import col2im, im2col
+from minivae import conv
+from minivae.conv import col2im, conv_transpose_output_size, im2col
 from minivae.layers import (Conv2d, ConvTranspose2d, Dense, Flatten, ReLU, Reshape, Sequential,
                             Sigmoid, Tanh)
 from minivae.losses import bce_with_logits, kl_log_sigma, kl_log_var, l2_penalty
@@ -76,6 +77,36 @@ def test_batch_last_layers_compute_the_same_numbers():
     assert repr(Reshape(2, 7, 6, layout="CHWN")) == "Reshape(2, 7, 6, layout='CHWN')"
     with pytest.raises(ValueError, match="layout"):
         Conv2d(1, 1, 1, layout="NHWC")
+
+
+def test_transposed_conv_scatter_and_gather_agree():
+    """conv2d_transpose picks one of two formulations by size; both must give the same x, for
+    every kernel, stride and padding, including outputs with rows no kernel offset reaches."""
+    rng = np.random.default_rng(3)
+    for kh, kw in [(1, 1), (2, 3), (3, 3), (4, 4), (5, 2)]:
+        for s in (1, 2, 3):
+            for p in (0, 1, 2):
+                H = conv_transpose_output_size(4, kh, s, p)
+                W_ = conv_transpose_output_size(5, kw, s, p)
+                for hw in ((H, W_), (H + s - 1, W_ + s - 1)):   # a conv2d's dx may be taller
+                    if min(hw) < 1:
+                        continue
+                    y, W = rng.standard_normal((3, 4, 5, 2)), rng.standard_normal((3, 2, kh, kw))
+                    a = conv._conv2d_transpose_scatter(y, W, s, p, hw)
+                    b = conv._conv2d_transpose_gather(y, W, s, p, hw)
+                    np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_transposed_conv_route_follows_the_column_sizes(monkeypatch):
+    routes = []
+    for name in ("_conv2d_transpose_scatter", "_conv2d_transpose_gather"):
+        real = getattr(conv, name)
+        monkeypatch.setattr(conv, name, lambda *a, real=real, name=name: (routes.append(name),
+                                                                          real(*a))[1])
+    y = np.zeros((32, 8, 8, 2), np.float32)
+    conv.conv2d_transpose(y, np.zeros((32, 32, 4, 4), np.float32), 2, 1, (16, 16))
+    conv.conv2d_transpose(y, np.zeros((32, 1, 4, 4), np.float32), 2, 1, (16, 16))
+    assert routes == ["_conv2d_transpose_gather", "_conv2d_transpose_scatter"]
 
 
 def test_col2im_is_the_adjoint_of_im2col():
