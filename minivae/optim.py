@@ -18,7 +18,9 @@ class Adam:
     """The moments of all parameters live in two flat vectors, so a step is a dozen array
     operations over every number at once rather than a dozen per parameter tensor (a model has
     tens of small tensors, and per-call overhead would dominate). self.m / self.v give per-name
-    views of them."""
+    views of them. The step writes into two scratch vectors kept from step to step: a fresh
+    megabyte-sized temporary is often fresh memory from the OS, and every page of it a fault.
+    """
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         if not lr > 0:
@@ -33,27 +35,28 @@ class Adam:
             self.slots[name] = (start, start + p.size, p.shape)
             start += p.size
         dtype = xp.result_type(*params.values())
-        self.m_flat, self.v_flat = xp.zeros(start, dtype=dtype), xp.zeros(start, dtype=dtype)
+        self.m_flat, self.v_flat, self.g, self.work = (xp.zeros(start, dtype=dtype)
+                                                       for _ in range(4))
         self.m = {k: self.m_flat[a:b].reshape(shape) for k, (a, b, shape) in self.slots.items()}
         self.v = {k: self.v_flat[a:b].reshape(shape) for k, (a, b, shape) in self.slots.items()}
 
     def step(self):
         """Update every parameter in place from model.grads."""
         self.t += 1
-        b1, b2, m, v = self.b1, self.b2, self.m_flat, self.v_flat
+        b1, b2, m, v, g, work = self.b1, self.b2, self.m_flat, self.v_flat, self.g, self.work
         xp = array_module(m)
-        g = xp.concatenate([self.model.grads[k].reshape(-1) for k in self.slots]).astype(
-            m.dtype, copy=False)
+        for name, (a, b, _) in self.slots.items():
+            g[a:b] = self.model.grads[name].reshape(-1)
         m *= b1
-        m += (1 - b1) * g
-        g *= g                                    # g is our own copy: square it in place
+        m += xp.multiply(g, 1 - b1, out=work)
+        g *= g
         v *= b2
-        v += (1 - b2) * g
+        v += xp.multiply(g, 1 - b2, out=work)
         # sqrt(v / (1 - b2^t)) = sqrt(v) / sqrt(1 - b2^t): one scalar division, as PyTorch does.
-        denom = xp.sqrt(v)
+        denom = xp.sqrt(v, out=g)                 # g is spent: reuse it
         denom /= math.sqrt(1 - b2 ** self.t)
         denom += self.eps
-        update = (self.lr / (1 - b1 ** self.t)) * m
+        update = xp.multiply(m, self.lr / (1 - b1 ** self.t), out=work)
         update /= denom
         for name, p in self.model.params.items():
             a, b, shape = self.slots[name]
