@@ -1,10 +1,10 @@
 """Where a training step's time goes: cProfile of `loss_and_grads` + `Adam.step`, by own time.
 
-    python benchmarks/profile_step.py conv          # or mlp; --steps, --top, --threads
+    python benchmarks/profile_step.py conv          # or mlp; --steps, --top, --batch-size
     OPENBLAS_NUM_THREADS=1 python benchmarks/profile_step.py conv
 
 Own ("tottime") times per step: in conv.py the matrix products show up as the own time of
-conv2d / conv2d_transpose / conv2d_weight_grad, the data movement as im2col / col2im /
+conv2d / _conv2d_transpose_* / conv2d_weight_grad, the data movement as im2col / col2im /
 batch_last / batch_first / ascontiguousarray.
 """
 

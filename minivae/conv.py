@@ -1,34 +1,39 @@
-"""The three primitives behind Conv2d and ConvTranspose2d.
+"""Convolutions as matrix products: the arithmetic behind Conv2d and ConvTranspose2d.
 
-A 2-D convolution (strictly, a cross-correlation, as in PyTorch) of images x with weights
-W (F, C, kh, kw) is a matrix product once every receptive field is laid out as a column:
+A 2-D convolution (strictly, a cross-correlation, as in PyTorch) maps an image x with C channels
+to an image y with F channels, through weights W (F, C, kh, kw), stride s and zero padding p:
 
-    im2col:  cols[(i, j, c), (oh, ow, n)] = xpad[c, i + s*oh, j + s*ow, n]   (kh*kw*C, Ho*Wo*N)
-    conv2d:  y[f, oh, ow, n] = sum_{i,j,c} W[f, c, i, j] * cols[(i, j, c), (oh, ow, n)]
-             i.e. the matrix product W (F, kh*kw*C) @ cols, read as (F, Ho, Wo, N)
+    y[f, oh, ow] = sum_{c, i, j} W[f, c, i, j] * xpad[c, s*oh + i, s*ow + j]
 
-Everything here works on batch-last images (C, H, W, N): then the product's output is already an
-image in the same layout, with nothing to transpose, and the strided copies move runs of N numbers.
-The layers accept NCHW (N, C, H, W) by default and convert with batch_last / batch_first; a model
-that keeps a whole stack of convolutions batch-last (layout="CHWN") converts once at each end.
+with Ho = floor((H + 2p - kh) / s) + 1 (and likewise Wo). It is linear in x; its adjoint, the
+map with <conv(x), y> = <x, adjoint(y)> for all x and y, is the transposed convolution. So one
+plan serves both layers, with the roles of the two sides swapped:
 
-im2col is a loop over the kh*kw kernel positions, each one strided slice of the padded input
-(Chainer's `conv.py` does the same). Everything in conv2d is linear in x, so its adjoint -- the map
-with <conv2d(x), y> = <x, conv2d_transpose(y)> for all x, y -- undoes each step in reverse order:
-the matrix product becomes the product with W transposed, and im2col becomes col2im, which *adds*
-each column back onto the pixel it was copied from (a pixel that sat in several receptive fields
-receives several contributions). That adjoint is exactly the transposed convolution, so
+                        Conv2d (x -> y)        ConvTranspose2d (y -> x)
+    forward             plan.forward           plan.adjoint
+    input gradient      plan.adjoint           plan.forward
+    weight gradient     plan.weight_grad(X, Y), X made from the x side, Y from the y side
 
-    Conv2d.forward          = conv2d              ConvTranspose2d.forward  = conv2d_transpose
-    Conv2d.backward dx      = conv2d_transpose    ConvTranspose2d.backward dx = conv2d
-    both layers' dW         = conv2d_weight_grad (with the roles of input and output swapped)
+A plan turns each side into a matrix, X = plan.input_matrix(x) and Y = plan.output_matrix(y),
+such that the convolution is one matrix product with a matrix made of W, the adjoint is the
+product with its transpose, and dW is the product of the two sides (everything is linear, so
+each backward is the transpose of a forward). Two plans; conv_plan picks the one that copies
+fewer numbers into matrices:
 
-The transposed convolution can also be computed without col2im's scattered sums: split the padded
-output by row and column mod s into s*s "phases"; each phase is then an ordinary stride-1 conv
-of y (see _conv2d_transpose_gather). conv2d_transpose uses whichever form has fewer columns.
+  Im2colPlan  X = im2col(x), every receptive field as a column (kh*kw*C rows, Ho*Wo*N columns);
+              Y = y itself. y = W X, x = col2im(W^T Y), dW = Y X^T.
+  PhasePlan   (stride > 1) splits the padded x by row and column mod s into s*s "phases"
+              (space to depth); the strided conv is then a stride-1 conv of the phases with a
+              ceil(kh/s) x ceil(kw/s) kernel. X = the phases (each pixel once, no copies),
+              Y = im2col of y (ceil(kh/s)*ceil(kw/s)*F rows at y's resolution). For ConvVAE's
+              32-channel 4x4 stride-2 layers, X and Y together hold 1.6x fewer numbers than
+              im2col's X (whose 16x16 layer alone is 8 MB at batch 64), and nothing is summed
+              into a pixel from several columns: 5-8% off the whole training step.
 
-Output sizes: conv2d gives Ho = floor((H + 2p - kh) / s) + 1; conv2d_transpose, given an input of
-size Ho, produces H = (Ho - 1) s - 2p + kh (the size a conv2d would map back onto Ho exactly).
+Images here are batch-last, (C, H, W, N): the products' outputs are then already images in
+that layout, nothing is transposed, and the strided copies move runs of N numbers. The layers
+accept NCHW (N, C, H, W) by default and convert with batch_last / batch_first; a model that
+keeps a whole stack of convolutions batch-last (layout="CHWN") converts once at each end.
 """
 
 import numpy as np
@@ -46,12 +51,21 @@ def conv_transpose_output_size(size, kernel, stride, padding):
     return (size - 1) * stride - 2 * padding + kernel
 
 
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+# --------------------------------------------------------------------------------------------
+# im2col and its adjoint (Chainer's conv.py does the same: a loop over the kernel's offsets)
+
+
 def im2col(x, kh, kw, stride, padding):
     """x (C, H, W, N) -> cols (kh*kw*C, Ho*Wo*N): one column per output pixel.
 
-    The batch index runs fastest in x, in its padded copy and in cols, so each of the kh*kw
-    strided copies below moves runs of N numbers; and the convolution is one plain GEMM with
-    no hidden transposes of cols, the largest array of the layer.
+        cols[(i, j, c), (oh, ow, n)] = xpad[c, i + s*oh, j + s*ow, n]
+
+    A loop over the kh*kw kernel offsets, each one strided slice of the padded x. The batch
+    index runs fastest in x, in its padded copy and in cols, so each copy moves runs of N.
     """
     xp = array_module(x)
     C, H, W, N = x.shape
@@ -69,6 +83,26 @@ def im2col(x, kh, kw, stride, padding):
     return cols.reshape(kh * kw * C, Ho * Wo * N)
 
 
+def col2im(cols, x_shape, kh, kw, stride, padding):
+    """The adjoint of im2col: cols (kh*kw*C, Ho*Wo*N) -> x (C, H, W, N), overlaps summed.
+
+    The same loop with +=: each column goes back onto the pixels it was copied from, and a
+    pixel that sat in several receptive fields receives several contributions. Returns a view
+    of the padded sum without its border.
+    """
+    xp = array_module(cols)
+    C, H, W, N = x_shape
+    Ho = conv_output_size(H, kh, stride, padding)
+    Wo = conv_output_size(W, kw, stride, padding)
+    p = padding
+    cols = cols.reshape(kh, kw, C, Ho, Wo, N)
+    xpad = xp.zeros((C, H + 2 * p, W + 2 * p, N), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xpad[:, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += cols[i, j]
+    return xpad[:, p:p + H, p:p + W]
+
+
 def _phase_slices(size, stride, padding, a):
     """Where the rows of x sit in phase a of the padded x: (rows of x, rows of the phase).
 
@@ -81,55 +115,176 @@ def _phase_slices(size, stride, padding, a):
     return slice(first, size, stride), slice(start, start + count)
 
 
-def _phase_shape(x_shape, stride, padding, a, b):
-    """Shape of phase (a, b) of the padded x: the padded rows a, a + s, ... and columns b, b + s, ...
+# --------------------------------------------------------------------------------------------
+# Plans
 
-    phase[c, u, v, n] = xpad[c, a + s*u, b + s*v, n], so a stride-s slice of xpad is a plain
-    (unit-stride) slice of one phase, in which whole rows of numbers are contiguous.
+
+class Im2colPlan:
+    """The convolution as W (F, kh*kw*C) @ im2col(x); see the module docstring.
+
+    Built for one geometry: weights of w_shape (F, C, kh, kw) on x of spatial size in_hw.
     """
-    C, H, W, N = x_shape
-    return (C, len(range(a, H + 2 * padding, stride)), len(range(b, W + 2 * padding, stride)), N)
+
+    def __init__(self, w_shape, in_hw, stride, padding):
+        self.F, self.C, self.kh, self.kw = w_shape
+        self.H, self.W = in_hw
+        self.stride, self.padding = stride, padding
+        self.Ho = conv_output_size(self.H, self.kh, stride, padding)
+        self.Wo = conv_output_size(self.W, self.kw, stride, padding)
+
+    def matrix_size(self):
+        """Numbers per sample that the plan copies into matrices: im2col's X."""
+        return self.kh * self.kw * self.C * self.Ho * self.Wo
+
+    def weights(self, W):
+        """W (F, C, kh, kw) -> (F, kh*kw*C), columns ordered like the rows of im2col."""
+        return W.transpose(0, 2, 3, 1).reshape(self.F, -1)
+
+    def input_matrix(self, x):
+        return im2col(x, self.kh, self.kw, self.stride, self.padding)       # (kh*kw*C, Ho*Wo*N)
+
+    def output_matrix(self, y):
+        return y.reshape(self.F, -1)                                        # (F, Ho*Wo*N)
+
+    def forward(self, W, X):
+        """y = W X, read as the image (F, Ho, Wo, N)."""
+        return (self.weights(W) @ X).reshape(self.F, self.Ho, self.Wo, -1)
+
+    def adjoint(self, W, Y):
+        """x = col2im(W^T Y): each column's share goes back onto the pixels it came from."""
+        N = Y.shape[1] // (self.Ho * self.Wo)
+        return col2im(self.weights(W).T @ Y, (self.C, self.H, self.W, N), self.kh, self.kw,
+                      self.stride, self.padding)
+
+    def weight_grad(self, X, Y):
+        """y = Wm X as matrices, so dWm = dY X^T (a sum over every output pixel of the batch)."""
+        dW = Y @ X.T                                                        # (F, kh*kw*C)
+        dW = dW.reshape(self.F, self.kh, self.kw, self.C).transpose(0, 3, 1, 2)
+        return array_module(dW).ascontiguousarray(dW)                       # (F, C, kh, kw)
 
 
-def col2im(cols, x_shape, kh, kw, stride, padding):
-    """The adjoint of im2col: cols (kh*kw*C, Ho*Wo*N) -> x (C, H, W, N), overlaps summed.
+class PhasePlan(Im2colPlan):
+    """The strided convolution as a stride-1 convolution of the phases of x ("space to depth").
 
-    Each phase of the padded x (see _phase_shape) collects the kernel offsets that land on it:
-    offset (i, j) reaches padded rows i + s*oh, i.e. rows i//s + oh of phase i % s. One phase
-    at a time, in a buffer of its own, the sum stays in cache and adds contiguous rows (20%
-    faster than adding strided slices into the padded image); then its rows of x are copied out.
+    Phase (a, b) of the padded x holds the pixels (a + s*u, b + s*v). Kernel offset i = a + s*u'
+    reads padded row s*oh + i = a + s*(oh + u'): row oh + u' of phase a. So
+
+        y[f, oh, ow] = sum_{a, b, c, u', v'} W[f, c, a + s*u', b + s*v'] * phase_ab[c, oh + u', ow + v']
+
+    a stride-1 conv with s*s*C input channels and a th x tw kernel, th = ceil(kh/s) (W is zero
+    past kh). Its product runs the other way round from im2col's: Y = im2col of y, padded by
+    th - 1 (the windows of y each phase pixel sees), and the phases X = P(x) are used as they are.
+    With Wp (s*s*C, th*tw*F) the rearranged weights:
+
+        adjoint   x = P^T(Wp Y)                 (P^T: the phases' pixels back in place, unpadded)
+        forward   y = windows^T(Wp^T X)         (each output pixel sums its th*tw window taps)
+        dWp       = X Y^T, rearranged back to (F, C, kh, kw)
+
+    Every pixel of the phases is computed once (nothing accumulated from many columns), and for
+    k = 2s with F = C the matrices hold fewer numbers than im2col's. The price: the phases cover
+    hr = ceil((H + 2p)/s) rows, a few more than Ho, so the products do more arithmetic (27% more
+    for 16x16 -> 8x8): worth it where the machine waits on memory rather than on arithmetic.
     """
-    xp = array_module(cols)
-    C, H, W, N = x_shape
-    Ho = conv_output_size(H, kh, stride, padding)
-    Wo = conv_output_size(W, kw, stride, padding)
-    cols = cols.reshape(kh, kw, C, Ho, Wo, N)
-    x = xp.empty(x_shape, dtype=cols.dtype)
-    for a in range(stride):
-        x_rows, p_rows = _phase_slices(H, stride, padding, a)
-        for b in range(stride):
-            x_cols, p_cols = _phase_slices(W, stride, padding, b)
-            shape = _phase_shape(x_shape, stride, padding, a, b)
-            if a >= kh or b >= kw:              # no kernel offset lands on this phase
-                phase = xp.zeros(shape, dtype=cols.dtype)
-            else:                               # offset (a, b) covers [:Ho, :Wo]; zero the rest
-                phase = xp.empty(shape, dtype=cols.dtype)
-                phase[:, :Ho, :Wo] = cols[a, b]
-                phase[:, Ho:] = 0
-                phase[:, :Ho, Wo:] = 0
-            for i in range(a, kh, stride):
-                for j in range(b, kw, stride):
-                    u, v = i // stride, j // stride
-                    if u or v:
-                        phase[:, u:u + Ho, v:v + Wo] += cols[i, j]
-            x[:, x_rows, x_cols] = phase[:, p_rows, p_cols]
-    return x
+
+    def __init__(self, w_shape, in_hw, stride, padding):
+        super().__init__(w_shape, in_hw, stride, padding)
+        s = stride
+        self.th, self.tw = _ceil_div(self.kh, s), _ceil_div(self.kw, s)
+        self.hr = _ceil_div(self.H + 2 * padding, s)            # rows of the largest phase
+        self.wr = _ceil_div(self.W + 2 * padding, s)
+
+    def matrix_size(self):
+        """Numbers per sample in X (the phases) and Y (the windows of y)."""
+        s = self.stride
+        return (s * s * self.C + self.th * self.tw * self.F) * self.hr * self.wr
+
+    def weights(self, W):
+        """W (F, C, kh, kw) -> Wp (s*s*C, th*tw*F): rows (a, b, c), columns (t, t', f).
+
+        Kernel row i = a + s*u' goes to window tap t = th - 1 - u' (Y's windows run upwards in
+        y while u' runs downwards in x); W is zero-padded to (th*s, tw*s) first.
+        """
+        F, C, s, th, tw = self.F, self.C, self.stride, self.th, self.tw
+        Wp = array_module(W).zeros((F, C, th * s, tw * s), dtype=W.dtype)
+        Wp[:, :, :self.kh, :self.kw] = W
+        Wp = Wp.reshape(F, C, th, s, tw, s)[:, :, ::-1, :, ::-1, :]       # (f, c, t, a, t', b)
+        return Wp.transpose(3, 5, 1, 2, 4, 0).reshape(s * s * C, th * tw * F)
+
+    def input_matrix(self, x):
+        """P(x): x (C, H, W, N) -> its s*s phases, zero-padded, as (s*s*C, hr*wr*N)."""
+        xp, s, p = array_module(x), self.stride, self.padding
+        N = x.shape[3]
+        X = xp.zeros((s, s, self.C, self.hr, self.wr, N), dtype=x.dtype)
+        for a in range(s):
+            x_rows, p_rows = _phase_slices(self.H, s, p, a)
+            for b in range(s):
+                x_cols, p_cols = _phase_slices(self.W, s, p, b)
+                X[a, b][:, p_rows, p_cols] = x[:, x_rows, x_cols]
+        return X.reshape(s * s * self.C, -1)
+
+    def output_matrix(self, y):
+        """The th x tw windows of y seen by each phase pixel: (th*tw*F, hr*wr*N)."""
+        xp, th, tw = array_module(y), self.th, self.tw
+        F, Ho, Wo, N = y.shape
+        ypad = xp.zeros((F, self.hr + th - 1, self.wr + tw - 1, N), dtype=y.dtype)
+        ypad[:, th - 1:th - 1 + Ho, tw - 1:tw - 1 + Wo] = y
+        return im2col(ypad, th, tw, 1, 0)
+
+    def forward(self, W, X):
+        """y = windows^T(Wp^T X): output pixel (oh, ow) sums tap (t, t') of window (oh+u', ow+v')."""
+        th, tw, Ho, Wo = self.th, self.tw, self.Ho, self.Wo
+        Z = (self.weights(W).T @ X).reshape(th, tw, self.F, self.hr, self.wr, -1)
+        y = array_module(X).empty((self.F, Ho, Wo, Z.shape[-1]), dtype=Z.dtype)
+        for t in range(th):
+            for t2 in range(tw):
+                u, v = th - 1 - t, tw - 1 - t2
+                if t == 0 and t2 == 0:
+                    y[...] = Z[t, t2][:, u:u + Ho, v:v + Wo]
+                else:
+                    y += Z[t, t2][:, u:u + Ho, v:v + Wo]
+        return y
+
+    def adjoint(self, W, Y):
+        """x = P^T(Wp Y): every phase pixel once, then the phases' rows of x copied into place."""
+        s, p = self.stride, self.padding
+        phases = (self.weights(W) @ Y).reshape(s, s, self.C, self.hr, self.wr, -1)
+        x = array_module(Y).empty((self.C, self.H, self.W, phases.shape[-1]), dtype=Y.dtype)
+        for a in range(s):
+            x_rows, p_rows = _phase_slices(self.H, s, p, a)
+            for b in range(s):
+                x_cols, p_cols = _phase_slices(self.W, s, p, b)
+                x[:, x_rows, x_cols] = phases[a, b][:, p_rows, p_cols]
+        return x
+
+    def weight_grad(self, X, Y):
+        """dWp = X Y^T, then the inverse of weights() (padding entries dropped)."""
+        F, C, s, th, tw = self.F, self.C, self.stride, self.th, self.tw
+        dWp = (X @ Y.T).reshape(s, s, C, th, tw, F).transpose(5, 2, 3, 0, 4, 1)  # (f, c, t, a, t', b)
+        dW = dWp[:, :, ::-1, :, ::-1, :].reshape(F, C, th * s, tw * s)[:, :, :self.kh, :self.kw]
+        return array_module(dW).ascontiguousarray(dW)
 
 
-def weights_as_matrix(W):
-    """W (F, C, kh, kw) -> (F, kh*kw*C), rows ordered like the rows of cols."""
-    F = W.shape[0]
-    return W.transpose(0, 2, 3, 1).reshape(F, -1)
+PLANS = {"im2col": Im2colPlan, "phases": PhasePlan}
+
+
+def conv_plan(w_shape, in_hw, stride, padding, kind=None):
+    """The plan for weights of w_shape (F, C, kh, kw) on images of in_hw = (H, W).
+
+    kind=None picks the plan that copies fewer numbers into matrices (phases only pay for
+    stride > 1); "im2col" or "phases" forces one (for tests and comparisons).
+    """
+    if kind is not None:
+        return PLANS[kind](w_shape, in_hw, stride, padding)
+    plan = Im2colPlan(w_shape, in_hw, stride, padding)
+    if stride > 1:
+        phases = PhasePlan(w_shape, in_hw, stride, padding)
+        if phases.matrix_size() < plan.matrix_size():
+            return phases
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# Layout conversions
 
 
 def batch_last(x):
@@ -152,90 +307,3 @@ def batch_last(x):
 def batch_first(x):
     """(C, H, W, N) -> (N, C, H, W): back to the layers' default layout."""
     return array_module(x).ascontiguousarray(x.transpose(3, 0, 1, 2))
-
-
-def conv2d(x, W, stride, padding):
-    """x (C, H, W, N), W (F, C, kh, kw) -> y (F, Ho, Wo, N), cols.  No bias.
-
-    The columns are returned too: the weight gradient needs them, and recomputing is a waste.
-    """
-    F, C, kh, kw = W.shape
-    cols = im2col(x, kh, kw, stride, padding)                  # (kh*kw*C, Ho*Wo*N)
-    y = weights_as_matrix(W) @ cols                            # (F, Ho*Wo*N)
-    Ho = conv_output_size(x.shape[1], kh, stride, padding)
-    Wo = conv_output_size(x.shape[2], kw, stride, padding)
-    return y.reshape(F, Ho, Wo, x.shape[3]), cols
-
-
-def conv2d_transpose(y, W, stride, padding, out_hw):
-    """The adjoint of conv2d in x: y (F, Ho, Wo, N), W (F, C, kh, kw) -> x (C, H, W, N).
-
-    out_hw = (H, W) picks the output size (several H map onto the same Ho when s > 1).
-    Two ways to the same numbers; the one with the smaller column matrix is used:
-
-    scatter  the adjoint read literally: cols = W^T y, then col2im adds every column back
-             onto the pixels it came from (kh*kw*C rows of Ho*Wo*N columns).
-    gather   each output phase is an ordinary stride-1 conv of y (see _conv2d_transpose_gather),
-             whose columns hold ceil(kh/s)*ceil(kw/s)*F rows: 4x fewer than scatter's when
-             k = 2s and F = C, and every output number is written once, never accumulated.
-    """
-    F, C, kh, kw = W.shape
-    Ho, Wo = y.shape[1:3]
-    th, tw = -(-kh // stride), -(-kw // stride)                 # ceil(k / s)
-    hr, wr = -(-(out_hw[0] + 2 * padding) // stride), -(-(out_hw[1] + 2 * padding) // stride)
-    gather = th * tw * F * hr * wr < kh * kw * C * Ho * Wo
-    return (_conv2d_transpose_gather if gather else _conv2d_transpose_scatter)(
-        y, W, stride, padding, out_hw)
-
-
-def _conv2d_transpose_scatter(y, W, stride, padding, out_hw):
-    F, C, kh, kw = W.shape
-    cols = weights_as_matrix(W).T @ y.reshape(F, -1)           # (kh*kw*C, Ho*Wo*N)
-    return col2im(cols, (C,) + tuple(out_hw) + y.shape[3:], kh, kw, stride, padding)
-
-
-def _conv2d_transpose_gather(y, W, stride, padding, out_hw):
-    """conv2d_transpose computed phase by phase ("sub-pixel convolution").
-
-    The scatter form puts W[f, c, i, j] y[f, oh, ow] on padded pixel (s*oh + i, s*ow + j). Fix a
-    phase (a, b) of the padded output, the pixels (a + s*m, b + s*n): the kernel offsets landing
-    there are i = a + s*u, j = b + s*v, coming from oh = m - u, ow = n - v, so
-
-        phase_ab[c, m, n] = sum_{u, v, f} W[f, c, a + s*u, b + s*v] * y[f, m - u, n - v]
-
-    -- a stride-1 correlation of y, zero-padded, with the th x tw kernel of offsets (u, v)
-    flipped (W is zero for offsets past kh, kw). One im2col of the padded y serves all s*s
-    phases, and one GEMM computes them all, with rows (a, b, c) in the weight matrix.
-    """
-    F, C, kh, kw = W.shape
-    _, Ho, Wo, N = y.shape
-    H, Wd = out_hw
-    s, xp = stride, array_module(y)
-    th, tw = -(-kh // s), -(-kw // s)
-    hr, wr = -(-(H + 2 * padding) // s), -(-(Wd + 2 * padding) // s)  # rows of the largest phase
-    # Weights: (F, C, th*s, tw*s) zero-padded, kernel row i = u*s + a, u flipped (tap t = th-1-u).
-    Wp = xp.zeros((F, C, th * s, tw * s), dtype=W.dtype)
-    Wp[:, :, :kh, :kw] = W
-    Wp = Wp.reshape(F, C, th, s, tw, s)[:, :, ::-1, :, ::-1, :]          # (f, c, t_h, a, t_w, b)
-    Wg = Wp.transpose(3, 5, 1, 2, 4, 0).reshape(s * s * C, th * tw * F)   # rows (a, b, c)
-    # y with th-1 zero rows above (m - u < 0) and enough below for the largest phase.
-    ypad = xp.zeros((F, hr + th - 1, wr + tw - 1, N), dtype=y.dtype)
-    ypad[:, th - 1:th - 1 + Ho, tw - 1:tw - 1 + Wo] = y
-    phases = (Wg @ im2col(ypad, th, tw, 1, 0)).reshape(s, s, C, hr, wr, N)
-    x = xp.empty((C, H, Wd, N), dtype=y.dtype)
-    for a in range(s):
-        x_rows, p_rows = _phase_slices(H, s, padding, a)
-        for b in range(s):
-            x_cols, p_cols = _phase_slices(Wd, s, padding, b)
-            x[:, x_rows, x_cols] = phases[a, b][:, p_rows, p_cols]
-    return x
-
-
-def conv2d_weight_grad(dy, cols, w_shape):
-    """dL/dW of conv2d: dy (F, Ho, Wo, N), cols = im2col(x) -> (F, C, kh, kw).
-
-    y = W cols (as matrices), so dW = dy cols^T, summing over every output pixel of the batch.
-    """
-    F, C, kh, kw = w_shape
-    dW = dy.reshape(F, -1) @ cols.T                            # (F, kh*kw*C)
-    return array_module(dW).ascontiguousarray(dW.reshape(F, kh, kw, C).transpose(0, 3, 1, 2))

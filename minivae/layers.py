@@ -18,8 +18,8 @@ import math
 import numpy as np
 
 from minivae.backend import array_module, get_backend, make_rng, to_device
-from minivae.conv import (batch_first, batch_last, conv2d, conv2d_transpose, conv2d_weight_grad,
-                          conv_output_size, conv_transpose_output_size)
+from minivae.conv import (batch_first, batch_last, conv_output_size, conv_plan,
+                          conv_transpose_output_size)
 
 
 class Layer:
@@ -90,7 +90,7 @@ class Dense(Layer):
 
 
 # --------------------------------------------------------------------------------------------
-# Convolutions (the arithmetic is in conv.py: im2col, col2im and the two contractions)
+# Convolutions (the arithmetic is in conv.py: a plan turns each into matrix products)
 
 
 class _Conv(Layer):
@@ -132,7 +132,7 @@ class _Conv(Layer):
 
 
 class Conv2d(_Conv):
-    """y = conv2d(x, W) + b: x (N, C, H, W), W (F, C, kh, kw), b (F,), y (N, F, Ho, Wo).
+    """y = conv(x, W) + b: x (N, C, H, W), W (F, C, kh, kw), b (F,), y (N, F, Ho, Wo).
 
     Ho = floor((H + 2p - kh) / s) + 1, and likewise Wo.
     """
@@ -145,29 +145,30 @@ class Conv2d(_Conv):
 
     def forward(self, x):
         x = self._batch_last(x)                                         # (C, H, W, N)
-        self.in_hw = x.shape[1:3]
-        y, self.cols = conv2d(x, self.params["W"], self.stride, self.padding)  # (F, Ho, Wo, N)
+        self.plan = conv_plan(self.params["W"].shape, x.shape[1:3], self.stride, self.padding)
+        self.X = self.plan.input_matrix(x)                              # kept for dW
+        y = self.plan.forward(self.params["W"], self.X)                 # (F, Ho, Wo, N)
         y += self.params["b"].reshape(-1, 1, 1, 1)
         return self._batch_first(y)
 
     def backward(self, dy):
-        # y = W * cols + b is linear in each of W, b and x (cols = im2col(x) just copies pixels):
-        #   dW = sum over the batch and output positions of dy times the input column it saw;
+        # y = conv(x; W) + b is linear in each of W, b and x (the plan's X just copies pixels):
+        #   dW = sum over the batch and output positions of dy times the input pixels it saw:
+        #        the product of the two sides' matrices (plan.weight_grad);
         #   db = dy summed over everything but the channel;
-        #   dx = the adjoint of the convolution applied to dy, i.e. a transposed convolution
-        #        (col2im adds each receptive field's share back onto the pixels it came from).
+        #   dx = the adjoint of the convolution applied to dy, i.e. a transposed convolution.
         W = self.params["W"]
         dy = self._batch_last(dy)                                       # (F, Ho, Wo, N)
-        self.grads["W"] = conv2d_weight_grad(dy, self.cols, W.shape)    # (F, C, kh, kw)
+        Y = self.plan.output_matrix(dy)                                 # shared by dW and dx
+        self.grads["W"] = self.plan.weight_grad(self.X, Y)              # (F, C, kh, kw)
         self.grads["b"] = dy.sum(axis=(1, 2, 3))                        # (F,)
         if self.skip_input_grad:
             return None
-        dx = conv2d_transpose(dy, W, self.stride, self.padding, self.in_hw)  # (C, H, W, N)
-        return self._batch_first(dx)
+        return self._batch_first(self.plan.adjoint(W, Y))              # (C, H, W, N)
 
 
 class ConvTranspose2d(_Conv):
-    """y = conv2d_transpose(x, W) + b: x (N, Cin, H, W), W (Cin, Cout, kh, kw), y (N, Cout, Ho, Wo).
+    """y = conv_transpose(x, W) + b: x (N, Cin, H, W), W (Cin, Cout, kh, kw), y (N, Cout, Ho, Wo).
 
     Ho = (H - 1) s - 2p + kh. This is the adjoint of a Conv2d from Cout to Cin channels with the
     same weights (PyTorch's layout), so it maps an image back onto the size the conv came from.
@@ -180,27 +181,28 @@ class ConvTranspose2d(_Conv):
         return conv_transpose_output_size(H, kh, s, p), conv_transpose_output_size(W, kw, s, p)
 
     def forward(self, x):
-        self.x = self._batch_last(x)                                    # (Cin, H, W, N), for dW
-        out_hw = self.output_shape(*self.x.shape[1:3])
+        x = self._batch_last(x)                                         # (Cin, H, W, N)
+        out_hw = self.output_shape(*x.shape[1:3])
         if min(out_hw) < 1:
-            raise ValueError(f"ConvTranspose2d output would be {out_hw} "
-                             f"for input {self.x.shape[1:3]}")
-        y = conv2d_transpose(self.x, self.params["W"], self.stride, self.padding, out_hw)
-        y += self.params["b"].reshape(-1, 1, 1, 1)                      # (Cout, Ho, Wo, N)
+            raise ValueError(f"ConvTranspose2d output would be {out_hw} for input {x.shape[1:3]}")
+        # The plan of the conv this layer is the adjoint of: from (Cout, Ho, Wo) to x's side.
+        self.plan = conv_plan(self.params["W"].shape, out_hw, self.stride, self.padding)
+        self.Y = self.plan.output_matrix(x)                             # kept for dW
+        y = self.plan.adjoint(self.params["W"], self.Y)                 # (Cout, Ho, Wo, N)
+        y += self.params["b"].reshape(-1, 1, 1, 1)
         return self._batch_first(y)
 
     def backward(self, dy):
         # y = T(x; W) + b where T is the adjoint of the convolution C(.; W). Linear again:
         #   dx = T^T(dy) = C(dy; W): the backward of a transposed conv is an ordinary conv.
         #   dW: <dy, T(x; W)> = <C(dy; W), x>, a conv of dy whose output is paired with x, so dW
-        #       is the conv weight gradient with dy as the input and x as the output gradient.
+        #       is the conv weight gradient with dy on the input side and x on the output side.
         #   db = dy summed over everything but the channel.
-        W = self.params["W"]
         dy = self._batch_last(dy)                                       # (Cout, Ho, Wo, N)
-        dx, cols = conv2d(dy, W, self.stride, self.padding)             # (Cin, H, W, N)
-        self.grads["W"] = conv2d_weight_grad(self.x, cols, W.shape)     # (Cin, Cout, kh, kw)
+        X = self.plan.input_matrix(dy)
+        self.grads["W"] = self.plan.weight_grad(X, self.Y)              # (Cin, Cout, kh, kw)
         self.grads["b"] = dy.sum(axis=(1, 2, 3))                        # (Cout,)
-        return self._batch_first(dx)
+        return self._batch_first(self.plan.forward(self.params["W"], X))  # (Cin, H, W, N)
 
 
 def _pair(k):

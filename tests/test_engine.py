@@ -8,7 +8,7 @@ import pytest
 
 from minivae.backend import BackendError, array_module, get_backend, to_host
 from minivae import conv
-from minivae.conv import col2im, conv_transpose_output_size, im2col
+from minivae.conv import col2im, conv_output_size, im2col
 from minivae.layers import (Conv2d, ConvTranspose2d, Dense, Flatten, ReLU, Reshape, Sequential,
                             Sigmoid, Tanh)
 from minivae.losses import bce_with_logits, kl_log_sigma, kl_log_var, l2_penalty
@@ -79,34 +79,42 @@ def test_batch_last_layers_compute_the_same_numbers():
         Conv2d(1, 1, 1, layout="NHWC")
 
 
-def test_transposed_conv_scatter_and_gather_agree():
-    """conv2d_transpose picks one of two formulations by size; both must give the same x, for
-    every kernel, stride and padding, including outputs with rows no kernel offset reaches."""
-    rng = np.random.default_rng(3)
+def conv_geometries():
+    """(kh, kw), stride, padding, (H, W): kernels 1-5 (one non-square), strides 1-3, pads 0-2,
+    including inputs with rows no kernel offset reaches (H + 2p - k not a multiple of s)."""
     for kh, kw in [(1, 1), (2, 3), (3, 3), (4, 4), (5, 2)]:
         for s in (1, 2, 3):
             for p in (0, 1, 2):
-                H = conv_transpose_output_size(4, kh, s, p)
-                W_ = conv_transpose_output_size(5, kw, s, p)
-                for hw in ((H, W_), (H + s - 1, W_ + s - 1)):   # a conv2d's dx may be taller
-                    if min(hw) < 1:
-                        continue
-                    y, W = rng.standard_normal((3, 4, 5, 2)), rng.standard_normal((3, 2, kh, kw))
-                    a = conv._conv2d_transpose_scatter(y, W, s, p, hw)
-                    b = conv._conv2d_transpose_gather(y, W, s, p, hw)
-                    np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+                for hw in ((7, 9), (6, 5)):
+                    if min(conv_output_size(hw[0], kh, s, p),
+                           conv_output_size(hw[1], kw, s, p)) >= 1:
+                        yield (kh, kw), s, p, hw
 
 
-def test_transposed_conv_route_follows_the_column_sizes(monkeypatch):
-    routes = []
-    for name in ("_conv2d_transpose_scatter", "_conv2d_transpose_gather"):
-        real = getattr(conv, name)
-        monkeypatch.setattr(conv, name, lambda *a, real=real, name=name: (routes.append(name),
-                                                                          real(*a))[1])
-    y = np.zeros((32, 8, 8, 2), np.float32)
-    conv.conv2d_transpose(y, np.zeros((32, 32, 4, 4), np.float32), 2, 1, (16, 16))
-    conv.conv2d_transpose(y, np.zeros((32, 1, 4, 4), np.float32), 2, 1, (16, 16))
-    assert routes == ["_conv2d_transpose_gather", "_conv2d_transpose_scatter"]
+def test_both_conv_plans_compute_the_same_numbers():
+    """Im2colPlan and PhasePlan: same forward, adjoint and weight gradient, every geometry."""
+    rng = np.random.default_rng(3)
+    for (kh, kw), s, p, hw in conv_geometries():
+        W = rng.standard_normal((4, 3, kh, kw))
+        a, b = (conv.conv_plan(W.shape, hw, s, p, kind) for kind in ("im2col", "phases"))
+        x = rng.standard_normal((3,) + hw + (2,))
+        y = rng.standard_normal((4, a.Ho, a.Wo, 2))
+        Xa, Xb = a.input_matrix(x), b.input_matrix(x)
+        Ya, Yb = a.output_matrix(y), b.output_matrix(y)
+        close = dict(rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(b.forward(W, Xb), a.forward(W, Xa), **close)
+        np.testing.assert_allclose(b.adjoint(W, Yb), a.adjoint(W, Ya), **close)
+        np.testing.assert_allclose(b.weight_grad(Xb, Yb), a.weight_grad(Xa, Ya), **close)
+        # and the adjoint is the adjoint: <conv(x), y> = <x, adjoint(y)>
+        assert np.isclose((b.forward(W, Xb) * y).sum(), (x * b.adjoint(W, Yb)).sum(), rtol=1e-10)
+
+
+def test_conv_plan_picks_the_smaller_matrices():
+    # ConvVAE's 32 -> 32 channel 4x4 stride-2 layers take phases, its 1-channel ends im2col
+    assert isinstance(conv.conv_plan((32, 32, 4, 4), (16, 16), 2, 1), conv.PhasePlan)
+    assert isinstance(conv.conv_plan((32, 32, 4, 4), (8, 8), 2, 1), conv.PhasePlan)
+    assert type(conv.conv_plan((32, 1, 4, 4), (32, 32), 2, 1)) is conv.Im2colPlan
+    assert type(conv.conv_plan((32, 32, 3, 3), (16, 16), 1, 1)) is conv.Im2colPlan
 
 
 def test_col2im_is_the_adjoint_of_im2col():
