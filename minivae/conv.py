@@ -36,6 +36,8 @@ accept NCHW (N, C, H, W) by default and convert with batch_last / batch_first; a
 keeps a whole stack of convolutions batch-last (layout="CHWN") converts once at each end.
 """
 
+from functools import cached_property
+
 import numpy as np
 
 from minivae.backend import array_module
@@ -122,11 +124,13 @@ def _phase_slices(size, stride, padding, a):
 class Im2colPlan:
     """The convolution as W (F, kh*kw*C) @ im2col(x); see the module docstring.
 
-    Built for one geometry: weights of w_shape (F, C, kh, kw) on x of spatial size in_hw.
+    Built for one call: weights W (F, C, kh, kw) on x of spatial size in_hw. The weight matrix
+    is made once, when first needed, and serves the forward and the backward of the call.
     """
 
-    def __init__(self, w_shape, in_hw, stride, padding):
-        self.F, self.C, self.kh, self.kw = w_shape
+    def __init__(self, W, in_hw, stride, padding):
+        self.weights = W
+        self.F, self.C, self.kh, self.kw = W.shape
         self.H, self.W = in_hw
         self.stride, self.padding = stride, padding
         self.Ho = conv_output_size(self.H, self.kh, stride, padding)
@@ -136,9 +140,10 @@ class Im2colPlan:
         """Numbers per sample that the plan copies into matrices: im2col's X."""
         return self.kh * self.kw * self.C * self.Ho * self.Wo
 
-    def weights(self, W):
+    @cached_property
+    def matrix(self):
         """W (F, C, kh, kw) -> (F, kh*kw*C), columns ordered like the rows of im2col."""
-        return W.transpose(0, 2, 3, 1).reshape(self.F, -1)
+        return self.weights.transpose(0, 2, 3, 1).reshape(self.F, -1)
 
     def input_matrix(self, x):
         return im2col(x, self.kh, self.kw, self.stride, self.padding)       # (kh*kw*C, Ho*Wo*N)
@@ -146,14 +151,14 @@ class Im2colPlan:
     def output_matrix(self, y):
         return y.reshape(self.F, -1)                                        # (F, Ho*Wo*N)
 
-    def forward(self, W, X):
+    def forward(self, X):
         """y = W X, read as the image (F, Ho, Wo, N)."""
-        return (self.weights(W) @ X).reshape(self.F, self.Ho, self.Wo, -1)
+        return (self.matrix @ X).reshape(self.F, self.Ho, self.Wo, -1)
 
-    def adjoint(self, W, Y):
+    def adjoint(self, Y):
         """x = col2im(W^T Y): each column's share goes back onto the pixels it came from."""
         N = Y.shape[1] // (self.Ho * self.Wo)
-        return col2im(self.weights(W).T @ Y, (self.C, self.H, self.W, N), self.kh, self.kw,
+        return col2im(self.matrix.T @ Y, (self.C, self.H, self.W, N), self.kh, self.kw,
                       self.stride, self.padding)
 
     def weight_grad(self, X, Y):
@@ -186,8 +191,8 @@ class PhasePlan(Im2colPlan):
     for 16x16 -> 8x8): worth it where the machine waits on memory rather than on arithmetic.
     """
 
-    def __init__(self, w_shape, in_hw, stride, padding):
-        super().__init__(w_shape, in_hw, stride, padding)
+    def __init__(self, W, in_hw, stride, padding):
+        super().__init__(W, in_hw, stride, padding)
         s = stride
         self.th, self.tw = _ceil_div(self.kh, s), _ceil_div(self.kw, s)
         self.hr = _ceil_div(self.H + 2 * padding, s)            # rows of the largest phase
@@ -198,13 +203,14 @@ class PhasePlan(Im2colPlan):
         s = self.stride
         return (s * s * self.C + self.th * self.tw * self.F) * self.hr * self.wr
 
-    def weights(self, W):
+    @cached_property
+    def matrix(self):
         """W (F, C, kh, kw) -> Wp (s*s*C, th*tw*F): rows (a, b, c), columns (t, t', f).
 
         Kernel row i = a + s*u' goes to window tap t = th - 1 - u' (Y's windows run upwards in
         y while u' runs downwards in x); W is zero-padded to (th*s, tw*s) first.
         """
-        F, C, s, th, tw = self.F, self.C, self.stride, self.th, self.tw
+        F, C, s, th, tw, W = self.F, self.C, self.stride, self.th, self.tw, self.weights
         Wp = array_module(W).zeros((F, C, th * s, tw * s), dtype=W.dtype)
         Wp[:, :, :self.kh, :self.kw] = W
         Wp = Wp.reshape(F, C, th, s, tw, s)[:, :, ::-1, :, ::-1, :]       # (f, c, t, a, t', b)
@@ -230,10 +236,10 @@ class PhasePlan(Im2colPlan):
         ypad[:, th - 1:th - 1 + Ho, tw - 1:tw - 1 + Wo] = y
         return im2col(ypad, th, tw, 1, 0)
 
-    def forward(self, W, X):
+    def forward(self, X):
         """y = windows^T(Wp^T X): output pixel (oh, ow) sums tap (t, t') of window (oh+u', ow+v')."""
         th, tw, Ho, Wo = self.th, self.tw, self.Ho, self.Wo
-        Z = (self.weights(W).T @ X).reshape(th, tw, self.F, self.hr, self.wr, -1)
+        Z = (self.matrix.T @ X).reshape(th, tw, self.F, self.hr, self.wr, -1)
         y = array_module(X).empty((self.F, Ho, Wo, Z.shape[-1]), dtype=Z.dtype)
         for t in range(th):
             for t2 in range(tw):
@@ -244,10 +250,10 @@ class PhasePlan(Im2colPlan):
                     y += Z[t, t2][:, u:u + Ho, v:v + Wo]
         return y
 
-    def adjoint(self, W, Y):
+    def adjoint(self, Y):
         """x = P^T(Wp Y): every phase pixel once, then the phases' rows of x copied into place."""
         s, p = self.stride, self.padding
-        phases = (self.weights(W) @ Y).reshape(s, s, self.C, self.hr, self.wr, -1)
+        phases = (self.matrix @ Y).reshape(s, s, self.C, self.hr, self.wr, -1)
         x = array_module(Y).empty((self.C, self.H, self.W, phases.shape[-1]), dtype=Y.dtype)
         for a in range(s):
             x_rows, p_rows = _phase_slices(self.H, s, p, a)
@@ -257,7 +263,7 @@ class PhasePlan(Im2colPlan):
         return x
 
     def weight_grad(self, X, Y):
-        """dWp = X Y^T, then the inverse of weights() (padding entries dropped)."""
+        """dWp = X Y^T, then the inverse of `matrix` (padding entries dropped)."""
         F, C, s, th, tw = self.F, self.C, self.stride, self.th, self.tw
         dWp = (X @ Y.T).reshape(s, s, C, th, tw, F).transpose(5, 2, 3, 0, 4, 1)  # (f, c, t, a, t', b)
         dW = dWp[:, :, ::-1, :, ::-1, :].reshape(F, C, th * s, tw * s)[:, :, :self.kh, :self.kw]
@@ -267,17 +273,17 @@ class PhasePlan(Im2colPlan):
 PLANS = {"im2col": Im2colPlan, "phases": PhasePlan}
 
 
-def conv_plan(w_shape, in_hw, stride, padding, kind=None):
-    """The plan for weights of w_shape (F, C, kh, kw) on images of in_hw = (H, W).
+def conv_plan(W, in_hw, stride, padding, kind=None):
+    """The plan for a conv with weights W (F, C, kh, kw) on images of in_hw = (H, W).
 
     kind=None picks the plan that copies fewer numbers into matrices (phases only pay for
     stride > 1); "im2col" or "phases" forces one (for tests and comparisons).
     """
     if kind is not None:
-        return PLANS[kind](w_shape, in_hw, stride, padding)
-    plan = Im2colPlan(w_shape, in_hw, stride, padding)
+        return PLANS[kind](W, in_hw, stride, padding)
+    plan = Im2colPlan(W, in_hw, stride, padding)
     if stride > 1:
-        phases = PhasePlan(w_shape, in_hw, stride, padding)
+        phases = PhasePlan(W, in_hw, stride, padding)
         if phases.matrix_size() < plan.matrix_size():
             return phases
     return plan

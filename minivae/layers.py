@@ -145,9 +145,9 @@ class Conv2d(_Conv):
 
     def forward(self, x):
         x = self._batch_last(x)                                         # (C, H, W, N)
-        self.plan = conv_plan(self.params["W"].shape, x.shape[1:3], self.stride, self.padding)
+        self.plan = conv_plan(self.params["W"], x.shape[1:3], self.stride, self.padding)
         self.X = self.plan.input_matrix(x)                              # kept for dW
-        y = self.plan.forward(self.params["W"], self.X)                 # (F, Ho, Wo, N)
+        y = self.plan.forward(self.X)                                   # (F, Ho, Wo, N)
         y += self.params["b"].reshape(-1, 1, 1, 1)
         return self._batch_first(y)
 
@@ -157,14 +157,13 @@ class Conv2d(_Conv):
         #        the product of the two sides' matrices (plan.weight_grad);
         #   db = dy summed over everything but the channel;
         #   dx = the adjoint of the convolution applied to dy, i.e. a transposed convolution.
-        W = self.params["W"]
         dy = self._batch_last(dy)                                       # (F, Ho, Wo, N)
         Y = self.plan.output_matrix(dy)                                 # shared by dW and dx
         self.grads["W"] = self.plan.weight_grad(self.X, Y)              # (F, C, kh, kw)
         self.grads["b"] = dy.sum(axis=(1, 2, 3))                        # (F,)
         if self.skip_input_grad:
             return None
-        return self._batch_first(self.plan.adjoint(W, Y))              # (C, H, W, N)
+        return self._batch_first(self.plan.adjoint(Y))                 # (C, H, W, N)
 
 
 class ConvTranspose2d(_Conv):
@@ -186,9 +185,9 @@ class ConvTranspose2d(_Conv):
         if min(out_hw) < 1:
             raise ValueError(f"ConvTranspose2d output would be {out_hw} for input {x.shape[1:3]}")
         # The plan of the conv this layer is the adjoint of: from (Cout, Ho, Wo) to x's side.
-        self.plan = conv_plan(self.params["W"].shape, out_hw, self.stride, self.padding)
+        self.plan = conv_plan(self.params["W"], out_hw, self.stride, self.padding)
         self.Y = self.plan.output_matrix(x)                             # kept for dW
-        y = self.plan.adjoint(self.params["W"], self.Y)                 # (Cout, Ho, Wo, N)
+        y = self.plan.adjoint(self.Y)                                   # (Cout, Ho, Wo, N)
         y += self.params["b"].reshape(-1, 1, 1, 1)
         return self._batch_first(y)
 
@@ -202,7 +201,7 @@ class ConvTranspose2d(_Conv):
         X = self.plan.input_matrix(dy)
         self.grads["W"] = self.plan.weight_grad(X, self.Y)              # (Cin, Cout, kh, kw)
         self.grads["b"] = dy.sum(axis=(1, 2, 3))                        # (Cout,)
-        return self._batch_first(self.plan.forward(self.params["W"], X))  # (Cin, H, W, N)
+        return self._batch_first(self.plan.forward(X))                 # (Cin, H, W, N)
 
 
 def _pair(k):
