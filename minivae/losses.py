@@ -56,5 +56,5 @@ def l2_penalty(params, lam):
 
     params: dict name -> array. Returns (value as a Python float, dict name -> gradient).
     """
-    value = sum(float((p * p).sum()) for p in params.values())
+    value = sum(float(array_module(p).vdot(p, p)) for p in params.values())   # one pass each
     return lam * value, {name: (2 * lam) * p for name, p in params.items()}
