@@ -111,6 +111,7 @@ class _Conv(Layer):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
         self.layout = _check_layout(layout)
+        self.scratch = {}                # the conv plans' buffers, kept from step to step
         first_two = ((out_channels, in_channels) if self.WEIGHT_ORDER == "FC"
                      else (in_channels, out_channels))
         self.params = {
@@ -145,7 +146,8 @@ class Conv2d(_Conv):
 
     def forward(self, x):
         x = self._batch_last(x)                                         # (C, H, W, N)
-        self.plan = conv_plan(self.params["W"], x.shape[1:3], self.stride, self.padding)
+        self.plan = conv_plan(self.params["W"], x.shape[1:3], self.stride, self.padding,
+                              scratch=self.scratch)
         self.X = self.plan.input_matrix(x)                              # kept for dW
         y = self.plan.forward(self.X)                                   # (F, Ho, Wo, N)
         y += self.params["b"].reshape(-1, 1, 1, 1)
@@ -185,7 +187,8 @@ class ConvTranspose2d(_Conv):
         if min(out_hw) < 1:
             raise ValueError(f"ConvTranspose2d output would be {out_hw} for input {x.shape[1:3]}")
         # The plan of the conv this layer is the adjoint of: from (Cout, Ho, Wo) to x's side.
-        self.plan = conv_plan(self.params["W"], out_hw, self.stride, self.padding)
+        self.plan = conv_plan(self.params["W"], out_hw, self.stride, self.padding,
+                              scratch=self.scratch)
         self.Y = self.plan.output_matrix(x)                             # kept for dW
         y = self.plan.adjoint(self.Y)                                   # (Cout, Ho, Wo, N)
         y += self.params["b"].reshape(-1, 1, 1, 1)
