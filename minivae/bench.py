@@ -12,13 +12,16 @@ learning rate and weight decay. For each model we report:
   only here, only when asked for. Both run in one process, in the same dtype, with PyTorch told
   to use as many threads as NumPy's BLAS, and *interleaved*: `--repeats` blocks of minivae steps
   alternate with blocks of PyTorch steps, so load from other processes hits both alike and the
-  ratio of the medians is fair even on a busy machine.
+  ratio of the medians is fair even on a busy machine. Each model gets a fresh interpreter of
+  its own: glibc's malloc raises its mmap threshold to the largest block freed so far, so what
+  ran earlier in a process would change how both libraries' buffers are allocated, and with
+  it how many page faults each step takes (BENCHMARKS.md, "The allocator").
 * the GEMM floor: the floating-point operations of the step's matrix products and convolutions
   (forward, weight gradients, input gradients; counted from the layer shapes by `model_flops`,
   2 per multiply-add; elementwise work is not counted), divided by the float throughput this
   machine reaches on one large square matmul (`matmul_gflops`, best of several; with PyTorch
-  present, the better of NumPy's BLAS and PyTorch's on the same matmul, measured before and
-  after the runs). "x floor" says how far above it each implementation is.
+  present, the better of NumPy's BLAS and PyTorch's on the same matmul, measured after the
+  steps, for the reason above). "x floor" says how far above it each implementation is.
 * peak memory, measured in a fresh interpreter per implementation (`memory_probe`): the peak
   resident set size (getrusage ru_maxrss) of a process that imports the libraries, builds the
   model and optimizer and runs warm-up + a few steps, and that peak minus the RSS right after the
@@ -515,48 +518,73 @@ def memory_probe(impl, model, backend="numpy", dtype="float32", batch_size=None,
     NumPy step_transient_bytes."""
     spec = dict(impl=impl, model=model, backend=backend, dtype=dtype, steps=steps,
                 batch_size=batch_size or SEED_CONFIG[model]["batch_size"], threads=threads)
+    out = _in_fresh_interpreter("_probe_main", spec, timeout)
+    if out.get("rss_after_imports") is not None:
+        out["workload_rss"] = out["peak_rss"] - out["rss_after_imports"]
+    return out
+
+
+def _in_fresh_interpreter(entry, spec, timeout):
+    """Run minivae.bench.<entry>(json spec) in a new Python process; returns its JSON line."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    code = "import sys; from minivae.bench import _probe_main; _probe_main(sys.argv[1])"
+    code = f"import sys; from minivae.bench import {entry}; {entry}(sys.argv[1])"
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = " ".join(proc.stderr.strip().splitlines()[-1:])
-        raise RuntimeError(f"memory probe ({impl}, {model}) failed: {tail}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    if out.get("rss_after_imports") is not None:
-        out["workload_rss"] = out["peak_rss"] - out["rss_after_imports"]
-    return out
+        what = ", ".join(str(spec[k]) for k in ("impl", "model") if k in spec)
+        raise RuntimeError(f"{entry.strip('_')} ({what}) failed: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _timing_main(spec_json):
+    """Entry point of the timing subprocess (one model, both implementations)."""
+    spec = json.loads(spec_json)
+    if spec["with_torch"] and torch_available():
+        import torch  # noqa: F401  (so that set_threads reaches it)
+    if spec["threads"]:
+        set_threads(spec["threads"])
+    result = bench_model(spec["model"], spec["backend"], spec["dtype"], spec["batch_size"],
+                         spec["steps"], spec["warmup"], spec["repeats"],
+                         with_torch=spec["with_torch"], memory=False, threads=spec["threads"])
+    print(json.dumps(result))
 
 
 # --------------------------------------------------------------------------------------------
 # The benchmark
 
 
-def _summary(times, batch_size, floor_s):
+def _summary(times, batch_size, page_faults):
     ts = sorted(times)
     med = statistics.median(ts)
     q = lambda f: ts[min(len(ts) - 1, int(f * len(ts)))]  # noqa: E731
     return dict(median_ms=med * 1e3, p10_ms=q(0.1) * 1e3, p90_ms=q(0.9) * 1e3,
                 min_ms=ts[0] * 1e3, steps=len(ts), samples_per_s=batch_size / med,
-                x_floor=med / floor_s if floor_s else None)
+                page_faults_per_step=page_faults / len(ts))
+
+
+def _page_faults():
+    """Minor page faults of this process so far: memory the OS had to map in (fresh pages)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def bench_model(model_name, backend="numpy", dtype="float32", batch_size=None, steps=50,
                 warmup=5, repeats=5, with_torch=True, memory=True, gflops=None, threads=None,
                 log=None):
-    """Benchmark one model; returns a result dict (see module docstring; JSON-ready)."""
+    """Benchmark one model; returns a result dict (see module docstring; JSON-ready).
+
+    gflops: the machine's matmul throughput for the floor; None measures it after the steps.
+    """
     work = Workload(model_name, backend, dtype, batch_size)
     xp = work.xp
     flops = model_flops(work.model, work.x.shape)
-    if gflops is None:
-        gflops = matmul_gflops(xp, dtype)
-    floor_s = flops["total"] / (gflops * 1e9)
     result = dict(model=model_name, backend=_backend_name(xp), dtype=dtype,
                   batch_size=work.batch_size, flops=flops["total"], flops_forward=flops["forward"],
-                  flops_backward=flops["backward"], matmul_gflops=gflops,
-                  floor_ms=floor_s * 1e3, minivae=None, torch=None, ratio=None,
+                  flops_backward=flops["backward"], minivae=None, torch=None, ratio=None,
                   torch_skipped=None)
 
     tw, torch_device = None, "cuda" if result["backend"] == "cupy" else "cpu"
@@ -584,36 +612,47 @@ def bench_model(model_name, backend="numpy", dtype="float32", batch_size=None, s
         xp.cuda.Device().synchronize()
     # Interleave: block of minivae steps, block of PyTorch steps, `repeats` times.
     blocks = _split(steps, repeats)
-    mv_times, th_times, block_ratios = [], [], []
+    mv_times, th_times, block_ratios, faults = [], [], [], {"minivae": 0, "torch": 0}
     for k in blocks:
+        f0 = _page_faults()
         a = [timer(work.step) for _ in range(k)]
+        f1 = _page_faults()
         mv_times += a
+        faults["minivae"] += f1 - f0
         if tw is not None:
             b = [ttimer(tw.step) for _ in range(k)]
             th_times += b
+            faults["torch"] += _page_faults() - f1
             block_ratios.append(statistics.median(a) / statistics.median(b))
-    result["minivae"] = _summary(mv_times, work.batch_size, floor_s)
+    result["minivae"] = _summary(mv_times, work.batch_size, faults["minivae"])
     if tw is not None:
         import torch
-        result["torch"] = _summary(th_times, work.batch_size, floor_s)
+        result["torch"] = _summary(th_times, work.batch_size, faults["torch"])
         result["torch"]["threads"] = torch.get_num_threads() if torch_device == "cpu" else None
         result["ratio"] = result["minivae"]["median_ms"] / result["torch"]["median_ms"]
         result["block_ratios"] = block_ratios
-
+    # After the steps: see run() for why.
+    _rescale_floor(result, matmul_gflops(xp, dtype) if gflops is None else gflops)
     if memory:
-        if log:
-            log(f"  {model_name}: measuring peak memory in fresh interpreters ...")
         del tw, work
-        try:
-            result["minivae"]["memory"] = memory_probe("minivae", model_name, backend, dtype,
-                                                       batch_size, threads=threads)
-            if result["torch"] is not None:
-                result["torch"]["memory"] = memory_probe(
-                    "torch", model_name, backend, dtype, batch_size,
-                    threads=result["torch"]["threads"])
-        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
-            result["memory_error"] = str(e)
+        add_memory(result, threads, log)
     return result
+
+
+def add_memory(result, threads=None, log=None):
+    """Peak memory of both implementations of result's model, each in a fresh interpreter."""
+    model_name, backend, dtype = result["model"], result["backend"], result["dtype"]
+    if log:
+        log(f"  {model_name}: measuring peak memory in fresh interpreters ...")
+    try:
+        result["minivae"]["memory"] = memory_probe("minivae", model_name, backend, dtype,
+                                                   result["batch_size"], threads=threads)
+        if result["torch"] is not None:
+            result["torch"]["memory"] = memory_probe(
+                "torch", model_name, backend, dtype, result["batch_size"],
+                threads=result["torch"]["threads"])
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        result["memory_error"] = str(e)
 
 
 def _split(steps, repeats):
@@ -638,32 +677,35 @@ def run(models=MODELS, backend="numpy", dtype="float32", batch_size=None, steps=
         import torch
         torch.set_num_threads(info["blas_threads"])
         info["torch_threads"] = torch.get_num_threads()
-    numpy_gflops = matmul_gflops(xp, dtype, n=gemm_size)
-    torch_gflops = None
-    if with_torch and _backend_name(xp) == "numpy":
-        torch_gflops = torch_matmul_gflops(dtype, n=gemm_size)
-    # The machine's throughput: the best that either library reaches on the same matmul.
-    gflops = max(numpy_gflops, torch_gflops or 0)
     report = dict(machine=info, backend=_backend_name(xp), dtype=dtype, steps=steps,
-                  threads=threads, warmup=warmup, repeats=repeats,
-                  matmul=dict(n=gemm_size, dtype=dtype, gflops=gflops, numpy_gflops=numpy_gflops,
-                              torch_gflops=torch_gflops), results=[])
+                  threads=threads, warmup=warmup, repeats=repeats, results=[])
+    # Each model is timed in a fresh interpreter, and the matmul throughput measured after the
+    # steps: glibc raises its mmap threshold to the largest block freed so far, so whatever ran
+    # earlier in a process (another model, the n x n matmul) changes how both libraries' step
+    # buffers are allocated, and with it their speed (BENCHMARKS.md, "The allocator").
     for name in models:
         if log:
             log(f"  {name}: timing {steps} steps per implementation in "
                 f"{len(_split(steps, repeats))} interleaved blocks ...")
-        report["results"].append(
-            bench_model(name, backend, dtype, batch_size, steps, warmup, repeats,
-                        with_torch=with_torch, memory=memory, gflops=gflops, threads=threads,
-                        log=log))
-    # The machine's speed drifts on a shared box: measure the floor again and keep the best.
-    mm = report["matmul"]
-    mm["numpy_gflops"] = max(numpy_gflops, matmul_gflops(xp, dtype, n=gemm_size))
-    if torch_gflops is not None:
-        mm["torch_gflops"] = max(torch_gflops, torch_matmul_gflops(dtype, n=gemm_size))
-    mm["gflops"] = max(mm["numpy_gflops"], mm["torch_gflops"] or 0)
+        spec = dict(model=name, backend=backend, dtype=dtype, batch_size=batch_size,
+                    steps=steps, warmup=warmup, repeats=repeats, with_torch=with_torch,
+                    threads=threads)
+        result = _in_fresh_interpreter("_timing_main", spec, timeout=3600)
+        if memory:
+            add_memory(result, threads, log)
+        report["results"].append(result)
+    # Twice, keeping the best: the machine's speed drifts on a shared box.
+    numpy_gflops = max(matmul_gflops(xp, dtype, n=gemm_size) for _ in range(2))
+    torch_gflops = None
+    if with_torch and _backend_name(xp) == "numpy":
+        torch_gflops = max(torch_matmul_gflops(dtype, n=gemm_size) for _ in range(2))
+    # The machine's throughput: the best that either library reaches on the same matmul.
+    numpy_gflops = max([numpy_gflops] + [r["matmul_gflops"] for r in report["results"]])
+    gflops = max(numpy_gflops, torch_gflops or 0)
+    report["matmul"] = dict(n=gemm_size, dtype=dtype, gflops=gflops, numpy_gflops=numpy_gflops,
+                            torch_gflops=torch_gflops)
     for r in report["results"]:
-        _rescale_floor(r, report["matmul"]["gflops"])
+        _rescale_floor(r, gflops)
     return report
 
 
@@ -723,7 +765,9 @@ def format_text(report):
         if r["ratio"] is not None:
             br = r["block_ratios"]
             lines.append(f"{'':<5} {'':>5} ratio minivae/pytorch {r['ratio']:.2f} "
-                         f"(per block {min(br):.2f}-{max(br):.2f})")
+                         f"(per block {min(br):.2f}-{max(br):.2f}); page faults per step: "
+                         f"minivae {r['minivae']['page_faults_per_step']:.0f}, "
+                         f"pytorch {r['torch']['page_faults_per_step']:.0f}")
         elif r["torch_skipped"]:
             lines.append(f"{'':<5} {'':>5} pytorch skipped: {r['torch_skipped']}")
         mem = (r["minivae"] or {}).get("memory") or {}
