@@ -524,12 +524,12 @@ def memory_probe(impl, model, backend="numpy", dtype="float32", batch_size=None,
     return out
 
 
-def _in_fresh_interpreter(entry, spec, timeout):
-    """Run minivae.bench.<entry>(json spec) in a new Python process; returns its JSON line."""
+def _in_fresh_interpreter(entry, spec, timeout, module="minivae.bench"):
+    """Run <module>.<entry>(json spec) in a new Python process; returns its JSON line."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    code = f"import sys; from minivae.bench import {entry}; {entry}(sys.argv[1])"
+    code = f"import sys; from {module} import {entry}; {entry}(sys.argv[1])"
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:

@@ -2,6 +2,8 @@
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from minivae.cli import main
 from minivae.layers import Conv2d, ConvTranspose2d, Dense, Sequential
 from minivae.models import ConvVAE, MLPVAE
 
+ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--steps", "2", "--warmup", "1", "--repeats", "2", "--gemm-size", "128"]
 
 
@@ -132,6 +135,16 @@ def test_bench_with_torch(capsys):
     assert r["torch"]["steps"] == 2 and r["torch"]["median_ms"] > 0
     assert r["ratio"] == pytest.approx(r["minivae"]["median_ms"] / r["torch"]["median_ms"])
     assert len(r["block_ratios"]) == 2
+
+
+def test_standalone_script_alternates_fresh_processes(capsys):
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import standalone
+
+    assert standalone.main(["--model", "mlp", "--rounds", "1", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "round 1: minivae" in out and "page faults/step" in out and "ratio" in out
 
 
 def test_torch_workload_starts_from_minivae_parameters():
