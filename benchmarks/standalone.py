@@ -29,6 +29,8 @@ def _alone_main(spec_json):
     import time
 
     spec = json.loads(spec_json)
+    if spec["warm_heap"]:
+        bench.warm_heap()
     if spec["impl"] == "torch":
         import torch
     if spec["threads"]:
@@ -56,6 +58,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--warm-heap", action="store_true",
+                        help="free a 16 MiB array first, as loading a data set would")
     args = parser.parse_args(argv)
     if not bench.torch_available():
         print("standalone.py: error: PyTorch is not importable (pip install torch)",
@@ -65,7 +69,8 @@ def main(argv=None):
     for r in range(args.rounds):
         row = []
         for impl in medians:
-            spec = dict(impl=impl, model=args.model, steps=args.steps, threads=args.threads)
+            spec = dict(impl=impl, model=args.model, steps=args.steps, threads=args.threads,
+                        warm_heap=args.warm_heap)
             out = bench._in_fresh_interpreter("_alone_main", spec, timeout=3600,
                                               module="benchmarks.standalone")
             medians[impl].append(out["median_ms"])

@@ -542,6 +542,8 @@ def _in_fresh_interpreter(entry, spec, timeout, module="minivae.bench"):
 def _timing_main(spec_json):
     """Entry point of the timing subprocess (one model, both implementations)."""
     spec = json.loads(spec_json)
+    if spec["warm_heap"]:
+        warm_heap()
     if spec["with_torch"] and torch_available():
         import torch  # noqa: F401  (so that set_threads reaches it)
     if spec["threads"]:
@@ -563,6 +565,14 @@ def _summary(times, batch_size, page_faults):
     return dict(median_ms=med * 1e3, p10_ms=q(0.1) * 1e3, p90_ms=q(0.9) * 1e3,
                 min_ms=ts[0] * 1e3, steps=len(ts), samples_per_s=batch_size / med,
                 page_faults_per_step=page_faults / len(ts))
+
+
+def warm_heap(mib=16):
+    """Allocate and free one block of `mib` MiB, as a training script does when it loads and
+    converts its data set. glibc's malloc then serves blocks up to that size from its heap and
+    keeps up to twice that free, instead of mapping each large block afresh from the OS and
+    handing it back when freed (a page fault per 4 KiB on every reuse)."""
+    np.ones(mib << 18, dtype=np.float32)
 
 
 def _page_faults():
@@ -662,7 +672,8 @@ def _split(steps, repeats):
 
 
 def run(models=MODELS, backend="numpy", dtype="float32", batch_size=None, steps=50, warmup=5,
-        repeats=5, with_torch=True, memory=True, gemm_size=1024, threads=None, log=None):
+        repeats=5, with_torch=True, memory=True, gemm_size=1024, threads=None, warm_heap=True,
+        log=None):
     """The whole benchmark: machine info, matmul throughput, one result per model."""
     from minivae.backend import get_backend
 
@@ -682,14 +693,16 @@ def run(models=MODELS, backend="numpy", dtype="float32", batch_size=None, steps=
     # Each model is timed in a fresh interpreter, and the matmul throughput measured after the
     # steps: glibc raises its mmap threshold to the largest block freed so far, so whatever ran
     # earlier in a process (another model, the n x n matmul) changes how both libraries' step
-    # buffers are allocated, and with it their speed (BENCHMARKS.md, "The allocator").
+    # buffers are allocated, and with it their speed (BENCHMARKS.md, "The allocator"). So the
+    # heap is put in a known state instead: warm_heap frees one 16 MiB block first, as loading
+    # a data set does at the start of any training script.
     for name in models:
         if log:
             log(f"  {name}: timing {steps} steps per implementation in "
                 f"{len(_split(steps, repeats))} interleaved blocks ...")
         spec = dict(model=name, backend=backend, dtype=dtype, batch_size=batch_size,
                     steps=steps, warmup=warmup, repeats=repeats, with_torch=with_torch,
-                    threads=threads)
+                    threads=threads, warm_heap=warm_heap)
         result = _in_fresh_interpreter("_timing_main", spec, timeout=3600)
         if memory:
             add_memory(result, threads, log)
@@ -836,6 +849,10 @@ def add_arguments(parser):
                         help="threads for NumPy's OpenBLAS and for PyTorch (default: leave "
                              "NumPy's as it is, usually one per core, and give PyTorch the same)")
     parser.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
+    parser.add_argument("--cold-heap", action="store_true",
+                        help="time in a fresh interpreter's heap, without first freeing a 16 MiB "
+                             "block as a training script's data loading does (see "
+                             "BENCHMARKS.md, 'The allocator')")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
     out = parser.add_mutually_exclusive_group()
@@ -850,7 +867,8 @@ def run_cli(args):
     report = run(models, backend=args.backend, dtype=args.dtype, batch_size=args.batch_size,
                  steps=args.steps, warmup=args.warmup, repeats=args.repeats,
                  with_torch=not args.no_torch, memory=not args.no_memory,
-                 gemm_size=args.gemm_size, threads=args.threads, log=log)
+                 gemm_size=args.gemm_size, threads=args.threads, warm_heap=not args.cold_heap,
+                 log=log)
     if args.backend == "auto":
         log(f"minivae: backend auto -> {report['backend']}")
     if args.json:
