@@ -46,6 +46,11 @@ import time
 import numpy as np
 
 MODELS = ("mlp", "conv")
+# A pause before each block of steps: OpenBLAS's idle worker threads spin for ~0.1 s after a
+# product before they sleep (OpenMP's do too, for less), and on two cores a spinning thread of
+# the library that just ran slows the other one's first steps. Without it the interleaving
+# charges that to PyTorch (MLP: 6.5 ms/step alone, 8-10 ms interleaved).
+BLOCK_PAUSE_S = 0.3
 # The seeds' hyper-parameters (minivae.train.MODEL_DEFAULTS holds the same; train.py is not
 # imported here because it pulls in the plotting stack, which would inflate the memory probe).
 SEED_CONFIG = {
@@ -624,12 +629,15 @@ def bench_model(model_name, backend="numpy", dtype="float32", batch_size=None, s
     blocks = _split(steps, repeats)
     mv_times, th_times, block_ratios, faults = [], [], [], {"minivae": 0, "torch": 0}
     for k in blocks:
+        time.sleep(BLOCK_PAUSE_S)
         f0 = _page_faults()
         a = [timer(work.step) for _ in range(k)]
         f1 = _page_faults()
         mv_times += a
         faults["minivae"] += f1 - f0
         if tw is not None:
+            time.sleep(BLOCK_PAUSE_S)
+            f1 = _page_faults()
             b = [ttimer(tw.step) for _ in range(k)]
             th_times += b
             faults["torch"] += _page_faults() - f1
