@@ -90,6 +90,24 @@ def test_bench_json_both_models(capsys):
         assert r["floor_ms"] == pytest.approx(r["flops"] / (r["matmul_gflops"] * 1e6))
         assert mv["x_floor"] == pytest.approx(mv["median_ms"] / r["floor_ms"])
         assert r["torch"] is None and r["torch_skipped"] == "--no-torch"
+        assert mv["page_faults_per_step"] >= 0
+
+
+def test_warm_heap_spares_the_steps_page_faults():
+    """The reason the bench warms the heap: after one large block is freed, a step's megabyte
+    buffers come from malloc's heap instead of fresh pages (see BENCHMARKS.md)."""
+    code = ("import numpy as np; from minivae import bench\n"
+            "w = bench.Workload('conv')\n"
+            "[w.step() for _ in range(3)]\n"
+            "f = bench._page_faults(); [w.step() for _ in range(5)]\n"
+            "print((bench._page_faults() - f) / 5)")
+    import subprocess
+    cold = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True, cwd=ROOT).stdout)
+    warm = float(subprocess.run([sys.executable, "-c", "from minivae import bench; "
+                                 "bench.warm_heap()\n" + code], capture_output=True, text=True,
+                                check=True, cwd=ROOT).stdout)
+    assert warm < cold / 4          # here: ~1,100 a step cold, ~25 warm
 
 
 def test_bench_text_and_markdown(capsys):
