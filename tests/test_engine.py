@@ -227,6 +227,28 @@ def test_adam_matches_the_reference_formula_and_restores_exactly():
         Adam(model, lr=0)
 
 
+def test_adam_loads_a_state_saved_as_means():
+    """Checkpoints written before Adam kept sums hold the means m, v (keys m.<name>, v.<name>):
+    they load as the sums M = m / (1 - b1), V = v / (1 - b2) and continue on the same path."""
+    model = MLPVAE(input_dim=6, hidden_dim=5, latent_dim=2, seed=0, dtype=np.float64)
+    x = np.random.default_rng(0).random((4, 6))
+    opt = Adam(model, lr=0.01)
+    for _ in range(2):
+        model.loss_and_grads(x, noise=np.ones((4, 2)))
+        opt.step()
+    state = opt.state_dict()
+    legacy = {k: state[k] for k in ("t", "lr", "b1", "b2", "eps")}
+    legacy.update({"m." + k: 0.1 * a for k, a in opt.M.items()})
+    legacy.update({"v." + k: 0.001 * a for k, a in opt.V.items()})
+    opt2 = Adam(model, lr=0.5)
+    opt2.load_state_dict(legacy)
+    for k in opt.M:
+        np.testing.assert_allclose(opt2.M[k], opt.M[k], rtol=1e-14)
+        np.testing.assert_allclose(opt2.V[k], opt.V[k], rtol=1e-14)
+    with pytest.raises(KeyError):
+        opt2.load_state_dict({k: v for k, v in legacy.items() if k != "m.mu.W"})
+
+
 def test_mlp_vae_follows_seed_000():
     model = MLPVAE()
     assert list(model.params) == ["encoder.0.W", "encoder.0.b", "mu.W", "mu.b", "log_sigma.W",

@@ -98,7 +98,7 @@ def test_checkpoint_contents_load_without_pickle(mlp_run):
     assert json.loads(str(z["config"]))["hidden_dim"] == 32
     assert len(json.loads(str(z["metrics"]))) == 3
     assert "param/encoder.0.W" in z and z["param/encoder.0.W"].shape == (784, 32)
-    assert "optim/m.encoder.0.W" in z and int(z["optim/t"]) == 3 * 6
+    assert "optim/M.encoder.0.W" in z and int(z["optim/t"]) == 3 * 6
     for k in ("rng/model", "rng/data"):
         assert json.loads(str(z[k]))["bit_generator"] == "PCG64"
     assert all(v.dtype != object for v in z.values())
