@@ -26,10 +26,10 @@ from minivae.backend import array_module
 
 
 class Adam:
-    """M and V of all parameters live in two flat vectors, so a step is ten array
+    """M and V of all parameters live in two flat vectors, so most of a step is array
     operations over every number at once rather than a dozen per parameter tensor (a model has
-    tens of small tensors, and per-call overhead would dominate). self.M / self.V give per-name
-    views of them. The step writes into a scratch vector kept from step to step: a fresh
+    tens of small tensors, and per-call overhead would dominate); only reading the gradients and
+    writing the parameters go tensor by tensor. self.M / self.V give per-name views of them. The step writes into a scratch vector kept from step to step: a fresh
     megabyte-sized temporary is often fresh memory from the OS, and every page of it a fault.
     """
 
