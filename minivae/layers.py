@@ -343,8 +343,14 @@ class ParamView:
     """
 
     def __init__(self, named_layers, attr="params"):
-        self._slots = {f"{prefix}.{key}" if prefix else key: (layer, key)
-                       for prefix, layer in named_layers for key in layer.params}
+        self._slots = {}          # name -> (the layer that owns the array, its key there)
+        for prefix, layer in named_layers:
+            for key in layer.params:
+                name = f"{prefix}.{key}" if prefix else key
+                # A Sequential's params are a ParamView too: point at the layer behind it, so a
+                # lookup is one dict access however deep the nesting (Adam does dozens a step).
+                nested = isinstance(layer.params, ParamView)
+                self._slots[name] = layer.params._slots[key] if nested else (layer, key)
         self._attr = attr
 
     def __getitem__(self, name):
