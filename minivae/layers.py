@@ -234,10 +234,12 @@ def _check_layout(layout):
 
 
 class ReLU(Layer):
+    zeros = None        # kept between calls: max(x, 0) is taken against zeros shaped like x[0]
+
     def forward(self, x):
-        # max(x, 0) against zeros shaped like x[0], not against the scalar 0: NumPy's vectorised
-        # loop for maximum wants two arrays, and with a scalar it is 3x slower.
-        zeros = getattr(self, "zeros", None)
+        # Against an array, not the scalar 0: NumPy's vectorised loop for maximum wants two
+        # arrays, and with a scalar it is 3x slower.
+        zeros = self.zeros
         if zeros is None or zeros.shape != x.shape[1:] or zeros.dtype != x.dtype:
             zeros = self.zeros = array_module(x).zeros(x.shape[1:], dtype=x.dtype)
         self.y = array_module(x).maximum(x, zeros)

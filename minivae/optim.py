@@ -29,8 +29,9 @@ class Adam:
     """M and V of all parameters live in two flat vectors, so most of a step is array
     operations over every number at once rather than a dozen per parameter tensor (a model has
     tens of small tensors, and per-call overhead would dominate); only reading the gradients and
-    writing the parameters go tensor by tensor. self.M / self.V give per-name views of them. The step writes into a scratch vector kept from step to step: a fresh
-    megabyte-sized temporary is often fresh memory from the OS, and every page of it a fault.
+    writing the parameters go tensor by tensor. self.M / self.V give per-name views of them.
+    The step writes into a scratch vector kept from step to step: a fresh megabyte-sized
+    temporary is often fresh memory from the OS, and every page of it a fault.
     """
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
