@@ -264,41 +264,73 @@ class PhasePlan(Im2colPlan):
         out = self._scratch("output", (th * tw * F, self.hr * self.wr * N), y)
         return im2col(ypad, th, tw, 1, 0, out)
 
+    def _rows(self, M, first, count):
+        """Rows first .. first+count-1 of the phase grid of M (rows, hr*wr*N), as a matrix.
+
+        Each phase row is wr*N contiguous numbers, so a run of rows is one matrix with a longer
+        stride between its rows: a view, which BLAS takes as it is (no copy).
+        """
+        M = M.reshape(M.shape[0], self.hr, -1)[:, first:first + count]
+        return M.reshape(M.shape[0], -1)                                # (rows, count*wr*N)
+
     def forward(self, X):
-        """y = windows^T(Wp^T X): pixel (oh, ow) sums tap (t, t') of window (oh + u', ow + v')."""
-        th, tw, Ho, Wo = self.th, self.tw, self.Ho, self.Wo
-        Z = self._scratch_product("forward", self.matrix.T, X)
-        Z = Z.reshape(th, tw, self.F, self.hr, self.wr, -1)
-        y = array_module(X).empty((self.F, Ho, Wo, Z.shape[-1]), dtype=Z.dtype)
+        """y = windows^T(Wp^T X): pixel (oh, ow) sums tap (t, t') of window (oh + u', ow + v').
+
+        Taps of window row t = th - 1 - u' read phase rows u' .. u' + Ho - 1 only, so their
+        product runs over those Ho of the hr rows.
+        """
+        th, tw, F, Ho, Wo = self.th, self.tw, self.F, self.Ho, self.Wo
+        N = X.shape[1] // (self.hr * self.wr)
+        Wt = self.matrix.T.reshape(th, tw * F, -1)                      # (t, (t', f), (a, b, c))
+        y = array_module(X).empty((F, Ho, Wo, N), dtype=X.dtype)
         for t in range(th):
+            u = th - 1 - t
+            Z = self._scratch_product("forward", Wt[t], self._rows(X, u, Ho))
+            Z = Z.reshape(tw, F, Ho, self.wr, N)                       # (t', f, oh, phase col, n)
             for t2 in range(tw):
-                u, v = th - 1 - t, tw - 1 - t2
+                v = tw - 1 - t2
                 if t == 0 and t2 == 0:
-                    y[...] = Z[t, t2][:, u:u + Ho, v:v + Wo]
+                    y[...] = Z[t2][:, :, v:v + Wo]
                 else:
-                    y += Z[t, t2][:, u:u + Ho, v:v + Wo]
+                    y += Z[t2][:, :, v:v + Wo]
         return y
 
     def adjoint(self, Y):
-        """x = P^T(Wp Y): every phase pixel once, then the phases' rows of x copied into place."""
-        s, p = self.stride, self.padding
-        phases = self._scratch_product("adjoint", self.matrix, Y)
-        phases = phases.reshape(s, s, self.C, self.hr, self.wr, -1)
-        x = array_module(Y).empty((self.C, self.H, self.W, phases.shape[-1]), dtype=Y.dtype)
+        """x = P^T(Wp Y): every needed phase pixel once, then copied into place in x.
+
+        Phase row a holds rows of x only at p_rows (the others are padding), so its product
+        runs over those rows of Y only.
+        """
+        s, p, C = self.stride, self.padding, self.C
+        N = Y.shape[1] // (self.hr * self.wr)
+        Wa = self.matrix.reshape(s, s * C, -1)                          # (a, (b, c), (t, t', f))
+        x = array_module(Y).empty((C, self.H, self.W, N), dtype=Y.dtype)
         for a in range(s):
             x_rows, p_rows = _phase_slices(self.H, s, p, a)
+            count = p_rows.stop - p_rows.start
+            phases = self._scratch_product(f"adjoint {a}", Wa[a], self._rows(Y, p_rows.start, count))
+            phases = phases.reshape(s, C, count, self.wr, N)            # (b, c, row, col, n)
             for b in range(s):
                 x_cols, p_cols = _phase_slices(self.W, s, p, b)
-                x[:, x_rows, x_cols] = phases[a, b][:, p_rows, p_cols]
+                x[:, x_rows, x_cols] = phases[b][:, :, p_cols]
         return x
 
     def weight_grad(self, X, Y):
-        """dWp = X Y^T, then the inverse of `matrix` (padding entries dropped)."""
-        F, C, s, th, tw = self.F, self.C, self.stride, self.th, self.tw
-        dWp = (X @ Y.T).reshape(s, s, C, th, tw, F)
-        dWp = dWp.transpose(5, 2, 3, 0, 4, 1)                            # (f, c, t, a, t', b)
+        """dWp = X Y^T, then the inverse of `matrix` (padding entries dropped).
+
+        Y's rows for window row t are zero but at the Ho phase rows whose window reaches into y
+        (u' = th - 1 - t onwards, as in forward), so each t sums over those rows only.
+        """
+        F, C, s, th, tw, Ho = self.F, self.C, self.stride, self.th, self.tw, self.Ho
+        xp = array_module(X)
+        Yt = Y.reshape(th, tw * F, -1)                                  # (t, (t', f), positions)
+        dWp = xp.empty((th, tw * F, s * s * C), dtype=X.dtype)
+        for t in range(th):
+            u = th - 1 - t
+            xp.matmul(self._rows(Yt[t], u, Ho), self._rows(X, u, Ho).T, out=dWp[t])
+        dWp = dWp.reshape(th, tw, F, s, s, C).transpose(2, 5, 0, 3, 1, 4)  # (f, c, t, a, t', b)
         dW = dWp[:, :, ::-1, :, ::-1, :].reshape(F, C, th * s, tw * s)[:, :, :self.kh, :self.kw]
-        return array_module(dW).ascontiguousarray(dW)
+        return xp.ascontiguousarray(dW)
 
 
 PLANS = {"im2col": Im2colPlan, "phases": PhasePlan}
