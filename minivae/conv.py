@@ -308,7 +308,8 @@ class PhasePlan(Im2colPlan):
         for a in range(s):
             x_rows, p_rows = _phase_slices(self.H, s, p, a)
             count = p_rows.stop - p_rows.start
-            phases = self._scratch_product(f"adjoint {a}", Wa[a], self._rows(Y, p_rows.start, count))
+            Ya = self._rows(Y, p_rows.start, count)
+            phases = self._scratch_product(f"adjoint {a}", Wa[a], Ya)   # one buffer per a
             phases = phases.reshape(s, C, count, self.wr, N)            # (b, c, row, col, n)
             for b in range(s):
                 x_cols, p_cols = _phase_slices(self.W, s, p, b)
