@@ -439,11 +439,15 @@ def cpu_model():
 def machine_info(with_torch=True):
     info = dict(cpu=cpu_model(), cores=os.cpu_count(), python=platform.python_version(),
                 platform=platform.platform(), numpy=np.__version__, blas=blas_info(),
-                blas_threads=blas_threads(), torch=None, torch_threads=None)
+                blas_threads=blas_threads(),
+                openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"),   # set: kernels forced
+                torch=None, torch_threads=None, torch_simd=None)
     if with_torch and torch_available():
         import torch
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        capability = getattr(torch.backends.cpu, "get_cpu_capability", None)
+        info["torch_simd"] = capability() if capability else None       # e.g. "AVX512"
     return info
 
 
@@ -756,12 +760,23 @@ def _mem_cell(m):
     return text
 
 
+def _coretype_note(machine):
+    """A line saying that the environment picks OpenBLAS's kernels, when it does."""
+    core = machine.get("openblas_coretype")
+    if not core:
+        return []
+    return [f"OPENBLAS_CORETYPE={core} is set: NumPy's matmuls use those kernels whatever the "
+            f"CPU supports" + (f"; PyTorch's use {machine['torch_simd']}"
+                               if machine.get("torch_simd") else "")]
+
+
 def format_text(report):
     m = report["machine"]
     lines = [f"minivae bench: {report['backend']} backend, {report['dtype']}; {m['cpu']}, "
              f"{m['cores']} cores; numpy {m['numpy']} ({m['blas']}, "
              f"{m['blas_threads'] or '?'} threads)"
-             + (f"; torch {m['torch']} ({m['torch_threads']} threads)" if m["torch"] else ""),
+             + (f"; torch {m['torch']} ({m.get('torch_simd') or '?'} kernels, "
+                f"{m['torch_threads']} threads)" if m["torch"] else ""),
              f"{report['steps']} timed steps per implementation in {_blocks(report)} interleaved "
              f"blocks after {report['warmup']} warm-up steps",
              f"matmul {report['matmul']['n']}^3 {report['dtype']}: numpy "
@@ -769,6 +784,7 @@ def format_text(report):
              + (f", torch {report['matmul']['torch_gflops']:.1f} GFLOP/s"
                 if report["matmul"].get("torch_gflops") else "")
              + " (the floor uses the faster)",
+             *_coretype_note(m),
              "",
              f"{'model':<5} {'batch':>5} {'impl':<8} {'ms/step':>9} {'p10-p90':>15} "
              f"{'samples/s':>10} {'GFLOP':>7} {'floor ms':>9} {'x floor':>8} "
