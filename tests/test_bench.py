@@ -188,6 +188,29 @@ def test_standalone_script_alternates_fresh_processes(capsys):
     assert "round 1: minivae" in out and "page faults/step" in out and "ratio" in out
 
 
+def test_conv_layers_script_lists_the_six_convolutions():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import conv_layers
+
+    rows = conv_layers.conv_layers(ConvVAE(), 64)
+    assert [name for name, _, _ in rows] == ["encoder.0", "encoder.2", "encoder.4", "decoder.7",
+                                             "decoder.9", "decoder.11"]
+    first, middle = rows[0][2], rows[1][2]
+    assert first["backward"] == first["forward"]            # no input gradient below the data
+    assert middle["in_shape"] == [64, 32, 16, 16] and middle["backward"] == 2 * middle["forward"]
+
+
+def test_conv_layers_script_times_both_libraries(capsys):
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import conv_layers
+
+    assert conv_layers.main(["--rounds", "1", "--calls", "2", "--batch-size", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:2] == ["layer", "kind"] and len(lines) == 8
+    assert lines[-1].startswith("all six") and float(lines[-1].split()[-1]) > 0
+
+
 def test_torch_workload_starts_from_minivae_parameters():
     torch = pytest.importorskip("torch")
     work = bench.Workload("conv", batch_size=4)
