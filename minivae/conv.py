@@ -321,8 +321,9 @@ class PhasePlan(Im2colPlan):
     def weight_grad(self, X, Y):
         """dWp = X Y^T, then the inverse of `matrix` (padding entries dropped).
 
-        Y's rows for window row t are zero but at the Ho phase rows whose window reaches into y
-        (u' = th - 1 - t onwards, as in forward), so each t sums over those rows only.
+        Computed as its transpose, one block of columns per window row t: Y's rows for t are
+        zero but at the Ho phase rows whose window reaches into y (u' = th - 1 - t onwards, as
+        in forward), so each block sums over those rows only.
         """
         F, C, s, th, tw, Ho = self.F, self.C, self.stride, self.th, self.tw, self.Ho
         xp = array_module(X)
