@@ -211,6 +211,21 @@ def test_conv_layers_script_times_both_libraries(capsys):
     assert lines[-1].startswith("all six") and float(lines[-1].split()[-1]) > 0
 
 
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs a git checkout")
+def test_ab_script_races_this_checkout_against_a_revision(capsys):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import ab
+    import minivae.models
+
+    before = minivae.models
+    assert ab.main(["HEAD", "--model", "mlp", "--rounds", "2", "--steps", "1"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("mlp: this checkout") and "this / HEAD = " in line
+    assert float(line.split("this / HEAD = ")[1].split()[0]) > 0
+    assert sys.modules["minivae.models"] is before      # this checkout's modules are back
+    assert ab.main(["no-such-revision"]) == 1
+
+
 def test_torch_workload_starts_from_minivae_parameters():
     torch = pytest.importorskip("torch")
     work = bench.Workload("conv", batch_size=4)
