@@ -226,6 +226,18 @@ def test_ab_script_races_this_checkout_against_a_revision(capsys):
     assert ab.main(["no-such-revision"]) == 1
 
 
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs a git checkout")
+def test_ab_script_imports_the_revisions_own_files(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import ab
+
+    ab.checkout_engine("HEAD", tmp_path)
+    models, optim = ab.load_engine(tmp_path)
+    for module in (models, optim):
+        assert Path(module.__file__).is_relative_to(tmp_path)
+    assert models.ConvVAE is not ConvVAE and models.MLPVAE(seed=0).params
+
+
 def test_torch_workload_starts_from_minivae_parameters():
     torch = pytest.importorskip("torch")
     work = bench.Workload("conv", batch_size=4)
