@@ -76,7 +76,8 @@ def race(engines, model_name, rounds, steps):
     for label, (models, optim) in engines.items():
         model = (models.MLPVAE if model_name == "mlp" else models.ConvVAE)(seed=0)
         runs[label] = (model, optim.Adam(model, lr=cfg["lr"]))
-    noise = np.random.default_rng(2).standard_normal((len(x), model.latent_dim), dtype=np.float32)
+    latent = runs["this"][0].latent_dim
+    noise = np.random.default_rng(2).standard_normal((len(x), latent), dtype=np.float32)
 
     def step(label):
         model, opt = runs[label]

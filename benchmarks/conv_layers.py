@@ -19,7 +19,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +40,11 @@ def conv_layers(model, batch_size):
 
 
 def _time_calls(fn, calls):
+    """Median milliseconds of `calls` calls of fn, after 5 untimed ones."""
     for _ in range(5):
         fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    timer = bench.make_timer()
+    return statistics.median(timer(fn) for _ in range(calls)) * 1e3
 
 
 def _layers_main(spec_json):
