@@ -6,6 +6,13 @@ function keeps the formula and its derivative on the same screen.
 """
 
 from minivae.backend import array_module
+from minivae.layers import sigmoid
+
+
+def bernoulli_nll(logits, x):
+    """-log p(x | logits) elementwise: max(l, 0) - l x + log(1 + exp(-|l|)) (see below)."""
+    xp = array_module(logits)
+    return xp.maximum(logits, 0) - logits * x + xp.log1p(xp.exp(-xp.abs(logits)))
 
 
 def bce_with_logits(logits, x):
@@ -21,10 +28,7 @@ def bce_with_logits(logits, x):
     (1 - x) - e^-l / (1 + e^-l) = (1 - x) - (1 - s(l)) = s(l) - x.
     Returns (loss, grad), both shaped like logits. Finite for |l| up to the dtype's max.
     """
-    xp = array_module(logits)
-    loss = xp.maximum(logits, 0) - logits * x + xp.log1p(xp.exp(-xp.abs(logits)))
-    grad = 0.5 * (1 + xp.tanh(0.5 * logits)) - x        # sigmoid(l) - x, overflow-free
-    return loss, grad
+    return bernoulli_nll(logits, x), sigmoid(logits) - x
 
 
 def kl_log_var(mu, log_var):

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minivae.backend import backend_name, get_backend, make_rng
+from minivae.backend import array_module, backend_name, get_backend, make_rng, resolve_impl
 from minivae.conv import batch_first, batch_last
 from minivae.layers import (ConvTranspose2d, Conv2d, Dense, Flatten, ParamView, ReLU, Reshape,
                             Sequential, Tanh)
@@ -34,6 +34,12 @@ class LossTerms(NamedTuple):
     reg: float
 
 
+def reparametrize(mu, log_var, eps):
+    """z = mu + eps * sigma with sigma = exp(log_var / 2): a draw from N(mu, sigma^2) that is a
+    differentiable function of mu and log_var (the randomness sits in eps ~ N(0, 1))."""
+    return mu + eps * array_module(mu).exp(0.5 * log_var)
+
+
 class VAE:
     """What both seed models share. A subclass builds encoder / mu / scale / decoder and sets:
 
@@ -42,8 +48,9 @@ class VAE:
     regularized         names of the parameters the L2 penalty covers
     """
 
-    def __init__(self, *, seed, dtype, backend):
+    def __init__(self, *, seed, dtype, backend, impl="auto"):
         self.xp = get_backend(backend)
+        self.impl = resolve_impl(impl, self.xp)     # "plain" or "fast": the tier that computes
         self.dtype = np.dtype(dtype)
         self.rng = make_rng(seed)  # draws the initial weights, then the noise eps of each step
 
@@ -150,8 +157,8 @@ class MLPVAE(VAE):
     kl_term = staticmethod(kl_log_sigma)
 
     def __init__(self, input_dim=784, hidden_dim=500, latent_dim=2, seed=0, *,
-                 dtype=np.float32, backend="numpy"):
-        super().__init__(seed=seed, dtype=dtype, backend=backend)
+                 dtype=np.float32, backend="numpy", impl="auto"):
+        super().__init__(seed=seed, dtype=dtype, backend=backend, impl=impl)
         self.input_dim, self.hidden_dim, self.latent_dim = input_dim, hidden_dim, latent_dim
         kw = self._layer_kwargs()
         self.encoder = Sequential(Dense(input_dim, hidden_dim, **kw), Tanh())
@@ -179,8 +186,8 @@ class ConvVAE(VAE):
     kl_term = staticmethod(kl_log_var)
 
     def __init__(self, latent_dim=10, seed=0, *, hidden_dim=256, channels=32,
-                 dtype=np.float32, backend="numpy"):
-        super().__init__(seed=seed, dtype=dtype, backend=backend)
+                 dtype=np.float32, backend="numpy", impl="auto"):
+        super().__init__(seed=seed, dtype=dtype, backend=backend, impl=impl)
         self.latent_dim, self.hidden_dim, self.channels = latent_dim, hidden_dim, channels
         kw, c, hd = self._layer_kwargs(), channels, hidden_dim
         ckw = dict(kw, stride=2, padding=1, layout="CHWN")
@@ -209,3 +216,16 @@ class ConvVAE(VAE):
 
     def _from_layers(self, y):
         return batch_first(y)
+
+
+MODELS = {"mlp": MLPVAE, "conv": ConvVAE}
+
+
+def build_model(name, *, latent_dim=None, hidden_dim=None, seed=0, dtype=np.float32,
+                backend="numpy", impl="auto"):
+    """The seed model `name` ("mlp" or "conv"); None for a size keeps the seed's default."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    sizes = {k: v for k, v in (("latent_dim", latent_dim), ("hidden_dim", hidden_dim))
+             if v is not None}
+    return MODELS[name](seed=seed, dtype=dtype, backend=backend, impl=impl, **sizes)
