@@ -32,7 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from minivae import bench  # noqa: E402
+from minivae.bench import Workload  # noqa: E402
+from minivae.config import MODEL_DEFAULTS  # noqa: E402
+from minivae.models import MODELS  # noqa: E402
 
 
 def _is_minivae(name):
@@ -69,9 +71,8 @@ def checkout_engine(rev, folder):
 
 def race(engines, model_name, rounds, steps):
     """{label: per-round ms per step}, and the first gradients' largest relative difference."""
-    cfg = bench.SEED_CONFIG[model_name]
-    x = np.random.default_rng(1).random((cfg["batch_size"],) + cfg["input_shape"],
-                                        dtype=np.float32)
+    cfg = MODEL_DEFAULTS[model_name]
+    x = np.random.default_rng(1).random(Workload(model_name).x.shape, dtype=np.float32)
     runs = {}
     for label, (models, optim) in engines.items():
         model = (models.MLPVAE if model_name == "mlp" else models.ConvVAE)(seed=0)
@@ -106,7 +107,7 @@ def race(engines, model_name, rounds, steps):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision to compare with (a commit, HEAD, a tag)")
-    parser.add_argument("--model", choices=bench.MODELS, action="append",
+    parser.add_argument("--model", choices=tuple(MODELS), action="append",
                         help="mlp or conv; repeatable (default: both)")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--steps", type=int, default=None,
@@ -120,7 +121,7 @@ def main(argv=None):
             return 1
         this = (importlib.import_module("minivae.models"), importlib.import_module("minivae.optim"))
         engines = {"this": this, args.rev: load_engine(folder)}
-        for model_name in args.model or bench.MODELS:
+        for model_name in args.model or tuple(MODELS):
             steps = args.steps or (15 if model_name == "mlp" else 5)
             times, diff = race(engines, model_name, args.rounds, steps)
             this, rev = times["this"], times[args.rev]

@@ -8,11 +8,11 @@ Each convolution alone, forward then backward on a fixed input and output gradie
 seed's batch (64), with the input gradient for every layer but the first, as in training. minivae's
 layers compute batch-last (layout="CHWN", as inside ConvVAE), PyTorch's take NCHW tensors. Each
 library runs in fresh processes of its own, so neither one's idle worker threads sit on the
-cores while the other computes, and each first frees a 16 MiB block, as `minivae bench` does
+cores while the other computes, and each first frees a 16 MiB block, as compare_torch.py does
 (a heap that has not, maps PyTorch's convolution buffers afresh at every call: a page fault per
 4 KiB, which doubles its time here). Rounds alternate the two libraries, so a slow spell of the
 machine hits both. Prints, per layer, the median milliseconds of each over the rounds, their ratio, and the
-GFLOP/s each reaches on the layer's FLOPs (as `minivae bench` counts them).
+GFLOP/s each reaches on the layer's FLOPs (as minivae.bench.model_flops counts them).
 """
 
 import argparse
@@ -25,12 +25,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minivae import bench  # noqa: E402
+from benchmarks.compare_torch import set_threads  # noqa: E402
+from benchmarks.twin import torch_available, torch_module  # noqa: E402
+from minivae.bench import (Workload, in_fresh_interpreter, make_timer, model_flops,  # noqa: E402
+                           warm_heap)
+from minivae.config import MODEL_DEFAULTS  # noqa: E402
 
 
 def conv_layers(model, batch_size):
-    """[(name, layer, FLOP row of bench.model_flops)] for each convolution of the model."""
-    rows = bench.model_flops(model, (batch_size,) + bench.SEED_CONFIG["conv"]["input_shape"])
+    """[(name, layer, FLOP row of model_flops)] for each convolution of the model."""
+    rows = model_flops(model, Workload("conv", batch_size=batch_size).x.shape)
     out = []
     for row in rows["layers"]:
         if row["kind"] in ("Conv2d", "ConvTranspose2d"):
@@ -43,7 +47,7 @@ def _time_calls(fn, calls):
     """Median milliseconds of `calls` calls of fn, after 5 untimed ones."""
     for _ in range(5):
         fn()
-    timer = bench.make_timer()
+    timer = make_timer()
     return statistics.median(timer(fn) for _ in range(calls)) * 1e3
 
 
@@ -52,11 +56,11 @@ def _layers_main(spec_json):
     from minivae.models import ConvVAE
 
     spec = json.loads(spec_json)
-    bench.warm_heap()       # as `minivae bench` does: without it PyTorch's convs take 2x longer
+    warm_heap()       # as compare_torch.py does: without it PyTorch's convs take 2x longer
     if spec["impl"] == "torch":
         import torch
     if spec["threads"]:
-        bench.set_threads(spec["threads"])
+        set_threads(spec["threads"])
     rng = np.random.default_rng(0)
     result = {}
     for name, layer, row in conv_layers(ConvVAE(), spec["batch_size"]):
@@ -64,7 +68,7 @@ def _layers_main(spec_json):
         x = rng.random(row["in_shape"], dtype=np.float32)                 # (N, C, H, W)
         dy = rng.standard_normal(row["out_shape"], dtype=np.float32)
         if spec["impl"] == "torch":
-            module = bench._torch_module(layer)
+            module = torch_module(layer)
             tx = torch.from_numpy(x).requires_grad_(input_grad)
             tdy = torch.from_numpy(dy)
 
@@ -87,10 +91,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=100, help="timed calls per layer and round")
-    parser.add_argument("--batch-size", type=int, default=bench.SEED_CONFIG["conv"]["batch_size"])
+    parser.add_argument("--batch-size", type=int, default=MODEL_DEFAULTS["conv"]["batch_size"])
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    if not bench.torch_available():
+    if not torch_available():
         print("conv_layers.py: error: PyTorch is not importable (pip install torch)",
               file=sys.stderr)
         return 1
@@ -99,8 +103,8 @@ def main(argv=None):
         for impl in runs:
             spec = dict(impl=impl, calls=args.calls, batch_size=args.batch_size,
                         threads=args.threads)
-            runs[impl].append(bench._in_fresh_interpreter("_layers_main", spec, timeout=3600,
-                                                          module="benchmarks.conv_layers"))
+            runs[impl].append(in_fresh_interpreter("_layers_main", spec, timeout=3600,
+                                                   module="benchmarks.conv_layers"))
     from minivae.models import ConvVAE
 
     print(f"{'layer':<10} {'kind':<16} {'input':<16} {'GFLOP':>6} {'minivae ms':>10} "

@@ -18,7 +18,7 @@ minivae.cli.main, i.e. exactly what a user runs (seed 001 config: batch 64, full
 weight decay 0.01), including the per-epoch test -ELBO, the image grids, the checkpoint and the
 plots. PyTorch: the same epoch written the usual way: the same IDX files read by
 minivae.data.load, the same uint8 -> float conversion and 2-pixel zero padding per batch, the
-same architecture and initial weights (minivae.bench.torch_twin), torch.optim.Adam, a shuffled
+same architecture and initial weights (benchmarks/twin.py), torch.optim.Adam, a shuffled
 full-batch epoch that reads loss.item() each step, then the test negative ELBO in batches of 500
 under torch.no_grad(). It writes no images or checkpoints, which only favours PyTorch.
 """
@@ -80,7 +80,7 @@ def child_torch(args):
     import torch
 
     from minivae import data
-    from minivae.bench import torch_twin
+    from benchmarks.twin import torch_twin
     from minivae.models import ConvVAE
 
     base = rss()

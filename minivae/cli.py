@@ -10,9 +10,20 @@ one anyway).
 """
 
 import argparse
+import json
 import math
 import os
 import sys
+
+from minivae import __version__, bench, gradcheck
+from minivae.backend import BACKENDS, IMPLS, BackendError
+from minivae.config import DTYPES, MODEL_DEFAULTS, TrainError, make_config
+from minivae.download import DATASETS, DownloadError, download, mirrors
+from minivae.evaluate import evaluate_run
+from minivae.idx import IDXError
+from minivae.models import MODELS
+from minivae.train import train
+from minivae.visualise import plot_run
 
 PROG = "minivae"
 
@@ -49,13 +60,15 @@ positive_float = number(float, 0, "a positive number", inclusive=False)
 non_negative_float = number(float, 0, "a non-negative number")
 
 
-BACKENDS = ("auto", "numpy", "cupy")
-DATASETS = ("mnist", "fashion-mnist")
-
-
 def _backend_arg(p, default="auto"):
     p.add_argument("--backend", choices=BACKENDS, default=default,
                    help="auto: CuPy when a GPU is usable, else NumPy (default: %(default)s)")
+
+
+def _impl_arg(p):
+    p.add_argument("--impl", choices=IMPLS, default="auto",
+                   help="the engine's tier: plain (the readable one), fast (NumPy only), or auto: "
+                        "fast on NumPy, plain on CuPy (default: %(default)s)")
 
 
 def _data_args(p):
@@ -76,7 +89,6 @@ def _no_download_arg(p):
 def build_parser():
     parser = Parser(prog=PROG, description="Variational autoencoders on a from-scratch "
                                            "NumPy/CuPy engine.")
-    from minivae import __version__
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
@@ -88,11 +100,12 @@ def build_parser():
                                    "hidden 500, weight decay 0.01 on the decoder; conv -> "
                                    "fashion-mnist, 10 epochs, lr 1e-4, batch 64 (full batches "
                                    "only), latent 10, hidden 256, weight decay 0.01 on everything.")
-    p.add_argument("--model", choices=("mlp", "conv"), default="mlp",
+    p.add_argument("--model", choices=tuple(MODEL_DEFAULTS), default="mlp",
                    help="mlp (seed 000) or conv (seed 001) (default: %(default)s)")
-    p.add_argument("--dataset", choices=DATASETS, help="default: mnist for mlp, fashion-mnist "
+    p.add_argument("--dataset", choices=tuple(DATASETS), help="default: mnist for mlp, fashion-mnist "
                                                         "for conv")
     _backend_arg(p)
+    _impl_arg(p)
     p.add_argument("--epochs", type=positive_int, help="number of epochs to train up to")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float, help="Adam learning rate")
@@ -114,13 +127,13 @@ def build_parser():
                    help="TensorBoard logging interval in steps (default 10)")
     p.add_argument("--tensorboard", action="store_true",
                    help="write TensorBoard scalars to <out>/tensorboard (needs tensorboardX)")
-    p.add_argument("--dtype", choices=("float32", "float64"), help="default: float32")
+    p.add_argument("--dtype", choices=DTYPES, help="default: float32")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
     # download --------------------------------------------------------------------------------
     p = sub.add_parser("download", help="download a dataset into the cache and check it")
-    p.add_argument("--dataset", choices=DATASETS + ("all",), default="all",
+    p.add_argument("--dataset", choices=tuple(DATASETS) + ("all",), default="all",
                    help="default: %(default)s")
     _data_args(p)
     p.set_defaults(func=cmd_download)
@@ -149,37 +162,38 @@ def build_parser():
                    help="use the first N test images (default: as the run was trained)")
     p.set_defaults(func=cmd_plot)
 
-    # gradcheck and bench live in their own modules ------------------------------------------
-    for name, helptext in (("gradcheck", "finite-difference check of every layer's backward"),
-                           ("bench", "time training steps of a model on a backend")):
-        p = sub.add_parser(name, help=helptext)
-        try:
-            module = __import__(f"minivae.{name}", fromlist=["run_cli"])
-            module.add_arguments(p)
-        except Exception as e:  # module missing or broken: keep the other sub-commands working
-            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-            p.set_defaults(func=_unavailable(name, e))
-        else:
-            p.set_defaults(func=_delegate(name))
+    # gradcheck: its flags are defined next to the checks ----------------------------------
+    p = sub.add_parser("gradcheck", help="finite-difference check of every layer's backward")
+    gradcheck.add_arguments(p)
+    p.set_defaults(func=gradcheck.run_cli)
+
+    # bench -----------------------------------------------------------------------------------
+    p = sub.add_parser("bench", help="time training steps of a model on a backend",
+                       description="Median milliseconds per training step (loss_and_grads + "
+                                   "Adam) of each seed model, the seconds per epoch that makes, "
+                                   "images per second, peak memory and the GEMM floor; each "
+                                   "model in a fresh interpreter. The comparisons with PyTorch "
+                                   "are in benchmarks/.")
+    p.add_argument("--model", choices=tuple(MODELS), action="append",
+                   help="mlp or conv; repeatable (default: both)")
+    _backend_arg(p, default="numpy")
+    _impl_arg(p)
+    p.add_argument("--batch-size", type=positive_int,
+                   help="default: the seed's (128 for mlp, 64 for conv)")
+    p.add_argument("--steps", type=positive_int, default=50,
+                   help="timed steps per model (default: %(default)s)")
+    p.add_argument("--warmup", type=non_negative_int, default=5,
+                   help="untimed steps first (default: %(default)s)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="default: %(default)s")
+    p.add_argument("--gemm-size", type=positive_int, default=1024, metavar="N",
+                   help="N x N x N matmul that measures the machine's throughput "
+                        "(default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="BLAS threads of the timing processes (default: the library's own "
+                        "choice, usually one per core)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_bench)
     return parser
-
-
-def _delegate(name):
-    def run(args):
-        module = __import__(f"minivae.{name}", fromlist=["run_cli"])
-        return module.run_cli(args)
-    return run
-
-
-def _unavailable(name, err):
-    def run(args):
-        raise CommandError(f"`{PROG} {name}` is not available in this installation "
-                           f"({type(err).__name__}: {err})")
-    return run
-
-
-class CommandError(Exception):
-    """A sub-command failed in a way the user can act on."""
 
 
 # -- sub-commands -------------------------------------------------------------------------
@@ -189,39 +203,34 @@ def _err(msg):
 
 
 def cmd_train(args):
-    from minivae import train as T
-
-    cfg = T.make_config(args.model, dataset=args.dataset, epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, beta=args.beta,
-                        weight_decay=args.weight_decay, latent_dim=args.latent_dim,
-                        hidden_dim=args.hidden_dim, seed=args.seed, out=args.out,
-                        data_dir=args.data_dir, mirrors=args.mirror, limit=args.limit,
-                        download=not args.no_download,
-                        sample_size=args.sample_size, log_every=args.log_every,
-                        tensorboard=args.tensorboard, dtype=args.dtype, backend=args.backend)
-    T.train(cfg, resume=args.resume, progress=not args.no_progress)
+    cfg = make_config(args.model, dataset=args.dataset, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, beta=args.beta,
+                      weight_decay=args.weight_decay, latent_dim=args.latent_dim,
+                      hidden_dim=args.hidden_dim, seed=args.seed, out=args.out,
+                      data_dir=args.data_dir, mirrors=args.mirror, limit=args.limit,
+                      download=not args.no_download,
+                      sample_size=args.sample_size, log_every=args.log_every,
+                      tensorboard=args.tensorboard, dtype=args.dtype, backend=args.backend,
+                        impl=args.impl)
+    train(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"minivae: run folder {cfg['out']}")
     return 0
 
 
 def cmd_download(args):
-    from minivae import data
-
-    names = DATASETS if args.dataset == "all" else (args.dataset,)
+    names = tuple(DATASETS) if args.dataset == "all" else (args.dataset,)
     for name in names:
-        path = data.download(name, data_dir=args.data_dir,
-                             mirrors=data.mirrors(name, extra=args.mirror), progress=True)
+        path = download(name, data_dir=args.data_dir, mirrors=mirrors(name, extra=args.mirror),
+                        progress=True)
         print(f"{name}: {path}")
     return 0
 
 
 def cmd_evaluate(args):
-    from minivae import train as T
-
-    r = T.evaluate_run(args.run, epoch=args.epoch, iw_samples=args.iw_samples,
-                       backend=args.backend, limit=args.limit, data_dir=args.data_dir,
-                       mirrors=args.mirror, download=False if args.no_download else None,
-                       log=_err, progress=True)
+    r = evaluate_run(args.run, epoch=args.epoch, iw_samples=args.iw_samples,
+                     backend=args.backend, limit=args.limit, data_dir=args.data_dir,
+                     mirrors=args.mirror, download=False if args.no_download else None,
+                     log=_err, progress=True)
     print(f"{r['model']} VAE, epoch {r['epoch']}, {r['images']} {r['dataset']} test images, "
           f"backend {r['backend']}")
     print(f"negative ELBO          {r['neg_elbo']:10.4f} nats/image  (mean over the "
@@ -231,34 +240,30 @@ def cmd_evaluate(args):
 
 
 def cmd_plot(args):
-    from minivae import plots
-
-    files = plots.plot_run(args.run, epoch=args.epoch, backend=args.backend,
-                           data_dir=args.data_dir, mirrors=args.mirror, limit=args.limit,
-                           download=False if args.no_download else None, log=print, warn=_err)
+    files = plot_run(args.run, epoch=args.epoch, backend=args.backend, data_dir=args.data_dir,
+                     mirrors=args.mirror, limit=args.limit,
+                     download=False if args.no_download else None, log=print, warn=_err)
     shown = [f.name for f in files if not f.name.startswith(("test-image-", "reconstruction-"))]
     print(f"minivae: wrote {', '.join(shown)} and test-image-<i>.png / reconstruction-<i>.png "
           f"in {args.run}")
     return 0
 
 
+def cmd_bench(args):
+    models = tuple(dict.fromkeys(args.model)) if args.model else tuple(MODELS)
+    report = bench.run(models, backend=args.backend, impl=args.impl, dtype=args.dtype,
+                       batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                       gemm_size=args.gemm_size, threads=args.threads, log=_err)
+    if args.backend == "auto":
+        _err(f"minivae: backend auto -> {report['backend']}")
+    print(json.dumps(report, indent=2) if args.json else bench.format_text(report))
+    return 0
+
+
 # -- entry point --------------------------------------------------------------------------
 
-def _known_errors():
-    errors = [CommandError]
-    from minivae.backend import BackendError
-    errors.append(BackendError)
-    try:
-        from minivae.train import TrainError
-        errors.append(TrainError)
-    except Exception:
-        pass
-    try:
-        from minivae import data
-        errors += [data.IDXError, data.DownloadError]
-    except Exception:
-        pass
-    return tuple(errors)
+# Exceptions whose message is written for the user: shown as they are, on one line.
+KNOWN_ERRORS = (BackendError, TrainError, IDXError, DownloadError)
 
 
 def _one_line(e):
@@ -269,11 +274,11 @@ def _one_line(e):
 def _error_message(e):
     """The one line that describes exception e to the user."""
     lines = str(e).strip().splitlines()
-    if type(e).__name__ == "DownloadError" and len(lines) > 1:   # one line per failed file
+    if isinstance(e, DownloadError) and len(lines) > 1:   # one line per failed file
         return f"{lines[0]} (and {len(lines) - 1} more file(s) failed)"
     if isinstance(e, OSError) and e.filename and e.strerror:
         return f"{e.filename}: {e.strerror}"
-    if isinstance(e, _known_errors() + (OSError, ValueError)):
+    if isinstance(e, KNOWN_ERRORS + (OSError, ValueError)):
         return _one_line(e)
     if isinstance(e, MemoryError):
         return "out of memory (try a smaller --batch-size)"

@@ -1,15 +1,18 @@
 """Pictures: image grids (PNG via Pillow), loss curves and latent scatters (matplotlib).
 
-Everything here takes host NumPy arrays and writes one file. Files are written to a temporary
-name and renamed, so an interrupted run never leaves a half-written picture under the real name.
+Everything here takes host NumPy arrays and a path, and writes one file; nothing here knows about
+models or run folders (minivae.visualise draws a saved run with these functions). Files are
+written to a temporary name and renamed (minivae.files), so an interrupted run never leaves a
+half-written picture under the real name.
 matplotlib is used through its object API (``Figure`` + the Agg canvas), never ``pyplot``, so no
 global state and no display is involved.
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from minivae.files import Replacing
 
 # Names of the ten classes, for the legend of the latent scatter.
 CLASS_NAMES = {
@@ -64,9 +67,8 @@ def save_png(path, image, scale=1):
     pixels = to_uint8(image)
     if scale > 1:
         pixels = np.kron(pixels, np.ones((scale, scale), dtype=np.uint8))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    Image.fromarray(pixels, mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with Replacing(path) as f:
+        Image.fromarray(pixels, mode="L").save(f, format="PNG")
     return path
 
 
@@ -90,9 +92,8 @@ def _save_figure(fig, path):
 
     path = Path(path)
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with Replacing(path) as f:
+        fig.savefig(f, format="png")
     return path
 
 
@@ -167,81 +168,3 @@ def manifold_points(n=11, lo=-2.0, hi=2.0):
     z0 = np.tile(z, n)              # runs along each row
     z1 = np.repeat(z[::-1], n)      # constant along a row, falling down the rows
     return np.stack([z0, z1], axis=1)
-
-
-# --------------------------------------------------------------------------------------------
-# `minivae plot RUN`: pictures of a trained model
-# --------------------------------------------------------------------------------------------
-
-def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, mirrors=None,
-             download=None, limit=None, log=print, warn=None):
-    """Write clustering.png, manifold.png, test-image-<i>.png / reconstruction-<i>.png and
-    test-vs-reconstruction.png into run_dir; returns the list of files written.
-
-    clustering.png: the encoder means of the test set, coloured by label. A 2-D latent is shown
-    as is; a larger one is projected on the first two principal axes of those means.
-    manifold.png: decodes of an 11x11 grid over [-2, 2]^2 -- the latent plane itself for 2-D
-    latents, else the plane through the origin spanned by the same two principal axes.
-    """
-    from minivae import data, train as T
-    from minivae.backend import to_host
-
-    model, cfg, ckpt = T.load_run(run_dir, epoch, backend, log=warn)
-    T.data_overrides(cfg, data_dir, mirrors, download)
-    images, labels = T.load_split(cfg, "test", limit if limit is not None else cfg["limit"])
-    pad, flatten, _ = T.layout(cfg)
-    run = Path(run_dir)
-    xp = model.xp
-    written = []
-
-    with np.errstate(all="ignore"):
-        means = []
-        for x, _ in data.batches(images, None, batch_size=T.EVAL_BATCH, xp=xp, dtype=model.dtype,
-                                 rng=np.random.default_rng(0), shuffle=False, pad=pad,
-                                 flatten=flatten):
-            means.append(to_host(model.encode(x)[0]).astype(np.float64))
-        means = np.concatenate(means)
-        d = means.shape[1]
-        names = CLASS_NAMES.get(cfg["dataset"])
-        title = (f"{cfg['model']} VAE on {cfg['dataset']}, epoch {ckpt.epoch}\n"
-                 f"encoder means of {len(means)} test images")
-        if d == 1:
-            coords, axes = np.stack([means[:, 0], np.zeros(len(means))], axis=1), None
-            xl, yl = "z[0]", "(1-D latent)"
-        elif d == 2:
-            coords, axes = means, None
-            xl, yl = "z[0]", "z[1]"
-        else:
-            coords, axes = pca_2d(means)
-            xl, yl = f"principal axis 1 of the {d}-D means", f"principal axis 2 of the {d}-D means"
-            title += ", PCA projection"
-        written.append(latent_scatter(run / "clustering.png", coords, labels, names, xl, yl, title))
-
-        pts = manifold_points()
-        if d == 2:
-            z = pts
-        elif d == 1:
-            z = pts[:, :1]
-        else:
-            z = pts @ axes          # (121, d): the plane of the two principal axes, through 0
-        z = xp.asarray(z.astype(model.dtype))
-        probs = to_host(T.sigmoid(xp, model.decode(z)))
-        written.append(save_grid(run / "manifold.png", probs, ncol=11))
-        if d > 2:
-            log(f"minivae: latent has {d} dimensions: clustering.png shows the test means projected "
-                f"on their first two principal axes; manifold.png decodes [-2, 2]^2 on the plane "
-                f"spanned by those axes (all other directions at 0)")
-
-        # As seed 001's visualise: a shuffled batch of test images and their reconstructions.
-        rng = T.stream_rng(cfg["seed"], T.STREAM_VIS)
-        idx = rng.permutation(len(images))[:num_images]
-        x = data.to_float(images[idx], xp, model.dtype, pad=pad, flatten=flatten)
-        eps = T.noise(rng, (len(idx), d), xp, model.dtype)
-        recon = as_square_images(T.reconstruct(model, x, eps))
-        orig = as_square_images(to_host(x))
-        for i in range(len(idx)):
-            written.append(save_png(run / f"test-image-{i + 1}.png", orig[i]))
-            written.append(save_png(run / f"reconstruction-{i + 1}.png", recon[i]))
-        written.append(save_png(run / "test-vs-reconstruction.png", side_by_side(orig, recon),
-                                scale=2))
-    return written

@@ -2,18 +2,25 @@
 
 Training / CLI tests (issue 4):
   synthetic_data_dir  a data folder holding synthetic MNIST-shaped IDX files for both datasets,
-                      written with data.write_idx; pass it with download=False (--no-download),
+                      written with write_idx; pass it with download=False (--no-download),
                       since synthetic files cannot match the real checksums.
   real_data_mirror    ../shared/data (a local mirror of the real files); skips when absent.
 """
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / "shared" / "data"
+
+# The benchmark scripts (benchmarks/, not part of the installed package) are imported by their
+# tests, and the PyTorch twin in benchmarks/twin.py by the parity tests.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def pytest_configure(config):
@@ -50,17 +57,17 @@ def synthetic_images(n, seed):
 
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory):
-    from minivae import data
+    from minivae.idx import write_idx
 
     root = tmp_path_factory.mktemp("synthetic-data")
     train_x, train_y = synthetic_images(3000, 1)    # loaded with download=False: any count
     test_x, test_y = synthetic_images(1000, 2)
     first = root / "mnist"
     first.mkdir()
-    data.write_idx(first / "train-images-idx3-ubyte.gz", train_x)
-    data.write_idx(first / "train-labels-idx1-ubyte.gz", train_y)
-    data.write_idx(first / "t10k-images-idx3-ubyte.gz", test_x)
-    data.write_idx(first / "t10k-labels-idx1-ubyte.gz", test_y)
+    write_idx(first / "train-images-idx3-ubyte.gz", train_x)
+    write_idx(first / "train-labels-idx1-ubyte.gz", train_y)
+    write_idx(first / "t10k-images-idx3-ubyte.gz", test_x)
+    write_idx(first / "t10k-labels-idx1-ubyte.gz", test_y)
     shutil.copytree(first, root / "fashion-mnist")
     return root
 

@@ -1,11 +1,7 @@
-"""`minivae bench` and its instruments: FLOP counting, the JSON report, the memory probe."""
+"""`minivae bench`: FLOP counting, the report (text and JSON), its flags and errors."""
 
 import json
-import math
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from minivae import bench
@@ -13,8 +9,7 @@ from minivae.cli import main
 from minivae.layers import Conv2d, ConvTranspose2d, Dense, Sequential
 from minivae.models import ConvVAE, MLPVAE
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--steps", "2", "--warmup", "1", "--repeats", "2", "--gemm-size", "128"]
+QUICK = ["--steps", "2", "--warmup", "1", "--gemm-size", "128"]
 
 
 def test_dense_flops_by_hand():
@@ -71,82 +66,48 @@ def test_model_flops_rejects_unknown_weighted_layers():
         bench.model_flops(m, (4, 784))
 
 
-def test_split_blocks():
-    assert bench._split(50, 5) == [10] * 5
-    assert bench._split(7, 3) == [3, 2, 2]
-    assert bench._split(2, 5) == [1, 1]
-
-
 def test_bench_json_both_models(capsys):
-    assert main(["bench", "--json", "--no-torch", "--no-memory"] + QUICK) == 0
+    assert main(["bench", "--json"] + QUICK) == 0
     report = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in report["results"]] == ["mlp", "conv"]
-    assert report["matmul"]["gflops"] > 0
-    for r, batch in zip(report["results"], (128, 64)):
-        assert r["batch_size"] == batch
-        mv = r["minivae"]
-        assert mv["steps"] == 2 and mv["median_ms"] > 0
-        assert mv["samples_per_s"] == pytest.approx(batch / (mv["median_ms"] / 1e3))
+    for r, batch, steps_per_epoch in zip(report["results"], (128, 64), (469, 937)):
+        assert r["batch_size"] == batch and r["steps"] == 2 and r["median_ms"] > 0
+        # 60000 training images: mlp keeps the partial batch, conv drops it
+        assert r["steps_per_epoch"] == steps_per_epoch
+        assert r["epoch_s"] == pytest.approx(steps_per_epoch * r["median_ms"] / 1e3)
+        assert r["images_per_s"] == pytest.approx(batch / (r["median_ms"] / 1e3))
+        assert r["matmul_gflops"] > 0
         assert r["floor_ms"] == pytest.approx(r["flops"] / (r["matmul_gflops"] * 1e6))
-        assert mv["x_floor"] == pytest.approx(mv["median_ms"] / r["floor_ms"])
-        assert r["torch"] is None and r["torch_skipped"] == "--no-torch"
-        assert mv["page_faults_per_step"] >= 0
+        assert r["x_floor"] == pytest.approx(r["median_ms"] / r["floor_ms"])
+        assert r["peak_rss"] >= r["rss_after_imports"] > 0
+        assert r["workload_rss"] == r["peak_rss"] - r["rss_after_imports"]
 
 
-def test_warm_heap_spares_the_steps_page_faults():
-    """The reason the bench warms the heap: after one large block is freed, a step's megabyte
-    buffers come from malloc's heap instead of fresh pages (see BENCHMARKS.md).
-
-    The cold side is a heap that maps every block over glibc's initial 128 KiB threshold afresh
-    (MALLOC_MMAP_THRESHOLD_ fixes the threshold). A default fresh interpreter sits anywhere
-    between that and none: whether its heap gets trimmed mid-step depends on unrelated
-    allocations (0 to 600 faults a step here, changed by editing a comment in an imported module),
-    so it cannot be the reference.
-    """
-    import os
-    import subprocess
-
-    code = ("import numpy as np; from minivae import bench\n"
-            "w = bench.Workload('conv')\n"
-            "[w.step() for _ in range(3)]\n"
-            "f = bench._page_faults(); [w.step() for _ in range(5)]\n"
-            "print((bench._page_faults() - f) / 5)")
-
-    def faults(prelude, **env):
-        out = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True,
-                             text=True, check=True, cwd=ROOT, env=dict(os.environ, **env)).stdout
-        return float(out)
-
-    cold = faults("", MALLOC_MMAP_THRESHOLD_="131072")
-    warm = faults("from minivae import bench; bench.warm_heap()\n")
-    assert warm < cold / 10         # here: ~7,500 a step cold, 0-100 warm
+def test_bench_impl_and_threads_reach_the_timing_process(capsys):
+    for impl in ("plain", "fast"):
+        assert main(["bench", "--model", "mlp", "--impl", impl, "--threads", "1",
+                     "--batch-size", "8", "--json"] + QUICK) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["threads"] == 1 and report["results"][0]["impl"] == impl
 
 
-def test_bench_text_and_markdown(capsys):
-    assert main(["bench", "--model", "mlp", "--no-torch", "--no-memory", "--batch-size", "8"]
-                + QUICK) == 0
+def test_bench_text(capsys):
+    assert main(["bench", "--model", "mlp", "--batch-size", "8"] + QUICK) == 0
     out = capsys.readouterr().out
-    assert "mlp" in out and "minivae" in out and "conv" not in out
-    assert main(["bench", "--model", "mlp", "--markdown", "--no-torch", "--no-memory"]
-                + QUICK) == 0
-    rows = capsys.readouterr().out.strip().splitlines()
-    assert rows[0].startswith("| model |") and rows[2].startswith("| mlp | 128 |")
+    assert "mlp" in out and "s/epoch" in out and "conv" not in out
+    assert "steps per epoch x median ms/step" in out
 
 
-def test_report_says_when_the_environment_picks_openblas_kernels(monkeypatch):
-    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
-    info = bench.machine_info(with_torch=False)
-    assert info["openblas_coretype"] == "Haswell"
-    note = bench._coretype_note(dict(info, torch_simd="AVX512"))
-    assert note == ["OPENBLAS_CORETYPE=Haswell is set: NumPy's matmuls use those kernels "
-                    "whatever the CPU supports; PyTorch's use AVX512"]
-    monkeypatch.delenv("OPENBLAS_CORETYPE")
-    assert bench._coretype_note(bench.machine_info(with_torch=False)) == []
+def test_workload_lays_out_batches_as_training_does():
+    assert bench.Workload("mlp", batch_size=4).x.shape == (4, 784)
+    assert bench.Workload("conv", batch_size=4).x.shape == (4, 1, 32, 32)
 
 
 def test_bench_bad_flags_are_one_line_errors(capsys):
     assert main(["bench", "--steps", "0"]) == 2
     assert main(["bench", "--model", "resnet"]) == 2
+    assert main(["bench", "--impl", "turbo"]) == 2
+    assert main(["bench", "--no-torch"]) == 2       # the PyTorch comparison is in benchmarks/
     err = capsys.readouterr().err
     assert "Traceback" not in err
 
@@ -156,116 +117,5 @@ def test_bench_cupy_without_gpu_is_a_clear_error(capsys):
 
     if cupy_status()[0] is not None:
         pytest.skip("a GPU is usable here")
-    assert main(["bench", "--backend", "cupy", "--no-torch", "--no-memory"] + QUICK) == 1
+    assert main(["bench", "--backend", "cupy"] + QUICK) == 1
     assert "cupy" in capsys.readouterr().err
-
-
-def test_memory_probe_runs_in_a_fresh_process():
-    m = bench.memory_probe("minivae", "mlp", batch_size=16, steps=1)
-    assert m["peak_rss"] >= m["rss_after_imports"] > 0
-    assert m["workload_rss"] == m["peak_rss"] - m["rss_after_imports"]
-    # a step allocates at least its activations: 16 x 784 logits in float32, several times
-    assert m["step_transient_bytes"] >= 16 * 784 * 4
-
-
-def test_bench_with_torch(capsys):
-    pytest.importorskip("torch")
-    assert main(["bench", "--model", "mlp", "--json", "--no-memory", "--batch-size", "16"]
-                + QUICK) == 0
-    r = json.loads(capsys.readouterr().out)["results"][0]
-    assert r["torch"]["steps"] == 2 and r["torch"]["median_ms"] > 0
-    assert r["ratio"] == pytest.approx(r["minivae"]["median_ms"] / r["torch"]["median_ms"])
-    assert len(r["block_ratios"]) == 2
-
-
-def test_standalone_script_alternates_fresh_processes(capsys):
-    pytest.importorskip("torch")
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import standalone
-
-    assert standalone.main(["--model", "mlp", "--rounds", "1", "--steps", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "round 1: minivae" in out and "page faults/step" in out and "ratio" in out
-
-
-def test_conv_layers_script_lists_the_six_convolutions():
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import conv_layers
-
-    rows = conv_layers.conv_layers(ConvVAE(), 64)
-    assert [name for name, _, _ in rows] == ["encoder.0", "encoder.2", "encoder.4", "decoder.7",
-                                             "decoder.9", "decoder.11"]
-    first, middle = rows[0][2], rows[1][2]
-    assert first["backward"] == first["forward"]            # no input gradient below the data
-    assert middle["in_shape"] == [64, 32, 16, 16] and middle["backward"] == 2 * middle["forward"]
-
-
-def test_conv_layers_script_times_both_libraries(capsys):
-    pytest.importorskip("torch")
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import conv_layers
-
-    assert conv_layers.main(["--rounds", "1", "--calls", "2", "--batch-size", "4"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split()[:2] == ["layer", "kind"] and len(lines) == 8
-    assert lines[-1].startswith("all six") and float(lines[-1].split()[-1]) > 0
-
-
-@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs a git checkout")
-def test_ab_script_races_this_checkout_against_a_revision(capsys):
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import ab
-    import minivae.models
-
-    before = minivae.models
-    assert ab.main(["HEAD", "--model", "mlp", "--rounds", "2", "--steps", "1"]) == 0
-    line = capsys.readouterr().out.strip()
-    assert line.startswith("mlp: this checkout") and "this / HEAD = " in line
-    assert float(line.split("this / HEAD = ")[1].split()[0]) > 0
-    assert sys.modules["minivae.models"] is before      # this checkout's modules are back
-    assert ab.main(["no-such-revision"]) == 1
-
-
-@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs a git checkout")
-def test_ab_script_imports_the_revisions_own_files(tmp_path):
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import ab
-
-    ab.checkout_engine("HEAD", tmp_path)
-    models, optim = ab.load_engine(tmp_path)
-    for module in (models, optim):
-        assert Path(module.__file__).is_relative_to(tmp_path)
-    assert models.ConvVAE is not ConvVAE and models.MLPVAE(seed=0).params
-
-
-def test_torch_workload_starts_from_minivae_parameters():
-    torch = pytest.importorskip("torch")
-    work = bench.Workload("conv", batch_size=4)
-    tw = bench.TorchWorkload(work)
-    for name, p in work.model.params.items():
-        tp = tw.twin.get_parameter(bench.torch_name(name)).detach().numpy()
-        if name.endswith(".W") and p.ndim == 2:
-            tp = tp.T
-        np.testing.assert_array_equal(tp, np.asarray(p))
-    assert tw.x.dtype == torch.float32
-    assert math.isfinite(tw.step())
-
-
-@pytest.mark.slow
-def test_peak_memory_script_short_run(real_data_mirror, capsys):
-    """benchmarks/peak_memory.py: both runs on 128 real images, each in its own process."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peak_memory.py"
-    spec = importlib.util.spec_from_file_location("peak_memory", path)
-    peak_memory = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(peak_memory)
-    argv = ["--limit", "128", "--data-dir", str(real_data_mirror), "--json"]
-    if not bench.torch_available():
-        argv += ["--only", "minivae"]
-    assert peak_memory.main(argv) == 0
-    report = json.loads(capsys.readouterr().out)
-    for r in report["runs"].values():
-        assert r["peak_rss"] > r["rss_after_imports"] > 0
-        assert r["workload_rss"] == r["peak_rss"] - r["rss_after_imports"]

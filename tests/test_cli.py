@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from minivae import cli
-from minivae import train as T
+from minivae.checkpoint import CHECKPOINT_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "bin" / "minivae"
@@ -176,7 +176,7 @@ def corrupt_copies(src, dst):
     }
     # An npz holding a pickled object array: must be refused, never unpickled.
     buf = io.BytesIO()
-    np.savez(buf, format=np.array(T.CHECKPOINT_FORMAT), epoch=np.array(2),
+    np.savez(buf, format=np.array(CHECKPOINT_FORMAT), epoch=np.array(2),
              config=np.array([{"evil": 1}], dtype=object))
     cases["pickle"] = buf.getvalue()
     # A valid zip without the checkpoint's entries.

@@ -207,7 +207,7 @@ def test_adam_steps_match_torch(cls, twin_cls, shape):
 
 def test_bench_twin_is_the_same_model():
     """The benchmark's twin (built by walking minivae's layers) computes the seed's objective."""
-    from minivae.bench import torch_twin
+    from benchmarks.twin import torch_twin
 
     for cls, twin_cls, shape in CASES:
         model = cls(seed=1, dtype=np.float64)

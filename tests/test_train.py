@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minivae import train as T
+from minivae import train as train_module
+from minivae.checkpoint import METRIC_FIELDS, Checkpoint, list_checkpoints
+from minivae.config import TrainError, layout, make_config
+from minivae.evaluate import evaluate_run
+from minivae.train import NonFiniteLossError, train
 
 
 def tiny(out, data_dir, model="mlp", **kw):
@@ -17,11 +21,11 @@ def tiny(out, data_dir, model="mlp", **kw):
                     sample_size=4, seed=3, backend="numpy", out=str(out),
                     data_dir=str(data_dir), download=False)
     settings.update(kw)
-    return T.make_config(model, **settings)
+    return make_config(model, **settings)
 
 
 def run(cfg, **kw):
-    return T.train(cfg, progress=False, log=lambda m: None, **kw)
+    return train(cfg, progress=False, log=lambda m: None, **kw)
 
 
 def png_size(path):
@@ -75,7 +79,7 @@ def test_mlp_run_writes_every_output(mlp_run):
         assert (out / "checkpoints" / f"model-{e}.npz").is_file()
     assert png_size(out / "loss.png")[0] > 100
     rows = read_csv(out / "metrics.csv")
-    assert list(rows[0]) == list(T.METRIC_FIELDS)
+    assert list(rows[0]) == list(METRIC_FIELDS)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     for r in rows:
         assert all(math.isfinite(float(v)) for v in r.values())
@@ -108,7 +112,7 @@ def test_resume_at_epoch_boundary_is_exact(mlp_run, tmp_path, synthetic_data_dir
     ref_out, ref_cfg, _ = mlp_run
     out = tmp_path / "run"
     run(tiny(out, synthetic_data_dir, epochs=1))
-    with pytest.raises(T.TrainError, match="--resume"):
+    with pytest.raises(TrainError, match="--resume"):
         run(tiny(out, synthetic_data_dir, epochs=3))          # would overwrite a run
     run(tiny(out, synthetic_data_dir, epochs=3), resume=True)
     assert without_seconds(read_csv(out / "metrics.csv")) == \
@@ -133,7 +137,7 @@ def test_resume_after_mid_epoch_interruption_is_exact(mlp_run, tmp_path, synthet
 
     with pytest.raises(Interrupt):
         run(tiny(out, synthetic_data_dir, epochs=3), callback=kill)
-    assert [e for e, _ in T.list_checkpoints(out)] == [1]
+    assert [e for e, _ in list_checkpoints(out)] == [1]
     # Simulate a kill in the middle of writing the next checkpoint: a stray temporary file.
     (out / "checkpoints" / ".model-2.npz.tmp999").write_bytes(b"PK\x03\x04 half written")
     run(tiny(out, synthetic_data_dir, epochs=3), resume=True)
@@ -149,7 +153,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint(mlp_run, tmp_path, synthetic_d
     run(tiny(out, synthetic_data_dir, epochs=2))
     (out / "checkpoints" / "model-2.npz").write_bytes(b"not a zip file")
     warnings = []
-    T.train(tiny(out, synthetic_data_dir, epochs=3), resume=True, progress=False,
+    train(tiny(out, synthetic_data_dir, epochs=3), resume=True, progress=False,
             log=lambda m: None, warn=warnings.append)
     assert any("model-2.npz" in w for w in warnings)
     assert_same_checkpoint(out / "checkpoints" / "model-3.npz",
@@ -159,7 +163,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint(mlp_run, tmp_path, synthetic_d
 def test_resume_refuses_changed_settings(mlp_run, tmp_path, synthetic_data_dir):
     out = tmp_path / "run"
     run(tiny(out, synthetic_data_dir, epochs=1))
-    with pytest.raises(T.TrainError, match="lr"):
+    with pytest.raises(TrainError, match="lr"):
         run(tiny(out, synthetic_data_dir, epochs=2, lr=5e-4), resume=True)
 
 
@@ -171,9 +175,9 @@ def test_resume_without_checkpoint_starts_afresh(tmp_path, synthetic_data_dir):
 
 def test_nan_guard_absurd_learning_rate(tmp_path, synthetic_data_dir):
     out = tmp_path / "run"
-    with pytest.raises(T.NonFiniteLossError, match=r"epoch 1, step \d+"):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+"):
         run(tiny(out, synthetic_data_dir, lr=1e6))
-    assert T.list_checkpoints(out) == []
+    assert list_checkpoints(out) == []
     assert read_csv(out / "metrics.csv") == []
     assert not (out / "epoch_1.png").exists()
 
@@ -181,18 +185,18 @@ def test_nan_guard_absurd_learning_rate(tmp_path, synthetic_data_dir):
 def test_nan_guard_keeps_last_good_checkpoint(tmp_path, synthetic_data_dir, monkeypatch):
     out = tmp_path / "run"
     built = []
-    real_build = T.build_model
-    monkeypatch.setattr(T, "build_model", lambda cfg, xp: built.append(real_build(cfg, xp))
-                        or built[-1])
+    real_build = train_module.model_for
+    monkeypatch.setattr(train_module, "model_for",
+                        lambda cfg, xp: built.append(real_build(cfg, xp)) or built[-1])
 
     def poison(epoch, step, terms):      # a weight turns NaN after step 2 of epoch 2
         if epoch == 2 and step == 2:
             built[-1].params["decoder.0.W"][0, 0] = np.nan
 
-    with pytest.raises(T.NonFiniteLossError, match=r"epoch 2, step 3.*model-1\.npz"):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 3.*model-1\.npz"):
         run(tiny(out, synthetic_data_dir, epochs=3), callback=poison)
-    assert [e for e, _ in T.list_checkpoints(out)] == [1]
-    T.Checkpoint(out / "checkpoints" / "model-1.npz")       # still readable
+    assert [e for e, _ in list_checkpoints(out)] == [1]
+    Checkpoint(out / "checkpoints" / "model-1.npz")       # still readable
     rows = read_csv(out / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1]
     assert all(math.isfinite(float(v)) for v in rows[0].values())
@@ -201,7 +205,7 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path, synthetic_data_dir, monk
 
 def test_evaluate_iwae_bound(mlp_run, synthetic_data_dir):
     out, cfg, history = mlp_run
-    results = {k: T.evaluate_run(out, iw_samples=k, backend="numpy", limit=200)
+    results = {k: evaluate_run(out, iw_samples=k, backend="numpy", limit=200)
                for k in (1, 10, 100)}
     for k, r in results.items():
         assert r["images"] == 200 and r["epoch"] == 3
@@ -217,8 +221,8 @@ def test_evaluate_iwae_bound(mlp_run, synthetic_data_dir):
 
 def test_evaluate_earlier_epoch(mlp_run):
     out, _, _ = mlp_run
-    first = T.evaluate_run(out, epoch=1, iw_samples=5, backend="numpy", limit=100)
-    last = T.evaluate_run(out, epoch=3, iw_samples=5, backend="numpy", limit=100)
+    first = evaluate_run(out, epoch=1, iw_samples=5, backend="numpy", limit=100)
+    last = evaluate_run(out, epoch=3, iw_samples=5, backend="numpy", limit=100)
     assert first["epoch"] == 1 and last["neg_log_px"] < first["neg_log_px"]
 
 
@@ -227,11 +231,11 @@ def test_float64_run(tmp_path, synthetic_data_dir):
     rows = run(tiny(out, synthetic_data_dir, epochs=1, limit=128, dtype="float64"))
     assert math.isfinite(rows[0]["test_neg_elbo"])
     assert npz(out / "checkpoints" / "model-1.npz")["param/encoder.0.W"].dtype == np.float64
-    assert T.evaluate_run(out, iw_samples=3, backend="numpy")["images"] == 128
+    assert evaluate_run(out, iw_samples=3, backend="numpy")["images"] == 128
 
 
 def test_conv_run_and_plots(tmp_path, synthetic_data_dir):
-    from minivae import plots
+    from minivae.visualise import plot_run
 
     out = tmp_path / "conv"
     cfg = tiny(out, synthetic_data_dir, model="conv", epochs=2, limit=160, batch_size=32,
@@ -241,7 +245,7 @@ def test_conv_run_and_plots(tmp_path, synthetic_data_dir):
     assert png_size(out / "epoch_2.png") == (4 * 32, 4 * 32)       # padded 32x32 inputs
     assert npz(out / "checkpoints" / "model-2.npz")["param/encoder.0.W"].shape == (32, 1, 4, 4)
     msgs = []
-    written = plots.plot_run(out, backend="numpy", log=msgs.append)
+    written = plot_run(out, backend="numpy", log=msgs.append)
     assert any("principal axes" in m for m in msgs)                 # latent 3: says it projects
     names = {p.name for p in written}
     assert {"clustering.png", "manifold.png", "test-vs-reconstruction.png"} <= names
@@ -254,13 +258,13 @@ def test_conv_run_and_plots(tmp_path, synthetic_data_dir):
 def test_plot_mlp_two_dimensional_latent(mlp_run, tmp_path):
     import shutil
 
-    from minivae import plots
+    from minivae.visualise import plot_run
 
     src, _, _ = mlp_run
     out = tmp_path / "copy"
     shutil.copytree(src, out)
     msgs = []
-    plots.plot_run(out, epoch=2, backend="numpy", log=msgs.append)
+    plot_run(out, epoch=2, backend="numpy", log=msgs.append)
     assert not msgs                                                  # 2-D latent: no projection
     assert png_size(out / "manifold.png") == (11 * 28, 11 * 28)
     assert png_size(out / "clustering.png")[0] > 300
@@ -279,12 +283,12 @@ def test_tensorboard_missing_is_a_clear_error(tmp_path, synthetic_data_dir, monk
     import sys
 
     monkeypatch.setitem(sys.modules, "tensorboardX", None)      # import now raises ImportError
-    with pytest.raises(T.TrainError, match="tensorboardX"):
+    with pytest.raises(TrainError, match="tensorboardX"):
         run(tiny(tmp_path / "tb", synthetic_data_dir, epochs=1, tensorboard=True))
 
 
 def test_too_few_images_for_a_full_batch(tmp_path, synthetic_data_dir):
-    with pytest.raises(T.TrainError, match="no full batch"):
+    with pytest.raises(TrainError, match="no full batch"):
         run(tiny(tmp_path / "c", synthetic_data_dir, model="conv", limit=10))
 
 
@@ -292,16 +296,16 @@ def test_too_few_images_for_a_full_batch(tmp_path, synthetic_data_dir):
                                        ("lr", float("nan")), ("dataset", "cifar"),
                                        ("dtype", "float16"), ("beta", -1.0), ("seed", -2)])
 def test_bad_settings(key, value, tmp_path):
-    with pytest.raises(T.TrainError):
-        T.make_config("mlp", out=str(tmp_path), **{key: value})
+    with pytest.raises(TrainError):
+        make_config("mlp", out=str(tmp_path), **{key: value})
 
 
 def test_seed_defaults():
-    mlp, conv = T.make_config("mlp"), T.make_config("conv")
+    mlp, conv = make_config("mlp"), make_config("conv")
     assert (mlp["dataset"], mlp["epochs"], mlp["lr"], mlp["batch_size"], mlp["weight_decay"],
             mlp["latent_dim"], mlp["hidden_dim"], mlp["sample_size"]) == \
         ("mnist", 20, 1e-3, 128, 0.01, 2, 500, 10)
     assert (conv["dataset"], conv["epochs"], conv["lr"], conv["batch_size"], conv["weight_decay"],
             conv["beta"], conv["latent_dim"]) == ("fashion-mnist", 10, 1e-4, 64, 0.01, 1.0, 10)
-    assert T.layout(conv) == (2, False, True) and T.layout(mlp) == (0, True, False)
+    assert layout(conv) == (2, False, True) and layout(mlp) == (0, True, False)
     assert mlp["out"].endswith("mlp-mnist")

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from minivae import cli
-from minivae import train as T
+from minivae.checkpoint import Checkpoint
+from minivae.evaluate import evaluate_run
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +25,11 @@ def test_seed_config_on_real_fashion_mnist(tmp_path, real_data_mirror, model, ex
     assert all(math.isfinite(float(v)) for r in rows for v in r.values())
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     assert float(rows[1]["test_neg_elbo"]) < float(rows[0]["test_neg_elbo"])
-    cfg = T.Checkpoint(out / "checkpoints" / "model-2.npz").config
+    cfg = Checkpoint(out / "checkpoints" / "model-2.npz").config
     if model == "conv":   # seed 001's settings, untouched by the flags above
         assert (cfg["lr"], cfg["batch_size"], cfg["latent_dim"], cfg["hidden_dim"]) == \
             (1e-4, 64, 10, 256)
-    r = T.evaluate_run(out, iw_samples=10, backend="numpy", limit=64)
+    r = evaluate_run(out, iw_samples=10, backend="numpy", limit=64)
     assert r["neg_log_px"] <= r["neg_elbo"]
     assert cli.main(["plot", str(out), "--backend", "numpy", "--limit", "300"]) == 0
     for name in ("clustering.png", "manifold.png", "test-vs-reconstruction.png"):

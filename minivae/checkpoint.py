@@ -1,0 +1,165 @@
+"""A run folder on disk: its checkpoints, metrics.csv and config.json.
+
+A checkpoint, checkpoints/model-<N>.npz, holds everything needed to continue after epoch N, as
+plain arrays and JSON strings only (read back with allow_pickle=False)::
+
+    format        "minivae-checkpoint-1"
+    epoch         N
+    config        the run's settings (JSON; files without "impl" load with impl "auto")
+    metrics       the metrics.csv rows so far (JSON)
+    rng/model     the state of model.rng, which draws the training noise (JSON)
+    rng/data      the state of the generator that draws each epoch's permutation (JSON)
+    param/<name>  every parameter, in model.params order
+    optim/<key>   the optimizer's state_dict
+
+Every file here is written through minivae.files (temporary name, then rename), so a kill never
+leaves a half-written file under a real name.
+"""
+
+import csv
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from minivae import files
+from minivae.backend import to_device, to_host
+from minivae.config import TrainError
+
+CHECKPOINT_FORMAT = "minivae-checkpoint-1"
+METRIC_FIELDS = ("epoch", "train_loss", "train_recon", "train_kl", "train_reg", "test_neg_elbo",
+                 "seconds")
+
+
+def write_config(out, cfg):
+    """Write the run's settings to out/config.json."""
+    files.write_text(Path(out) / "config.json", json.dumps(cfg, indent=2) + "\n")
+
+
+def write_metrics(path, rows):
+    """Write the metrics rows (dicts with METRIC_FIELDS) as a CSV file."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(METRIC_FIELDS)
+    for r in rows:
+        # repr() of a float round-trips exactly, so a resumed run's CSV can be compared bit for bit.
+        w.writerow([repr(r[k]) if isinstance(r[k], float) else r[k] for k in METRIC_FIELDS])
+    files.write_text(path, buf.getvalue())
+
+
+def checkpoint_path(out, epoch):
+    """Where the checkpoint of `epoch` lives in run folder `out`."""
+    return Path(out) / "checkpoints" / f"model-{epoch}.npz"
+
+
+def list_checkpoints(out):
+    """[(epoch, path)] of the checkpoint files under out/checkpoints, oldest first."""
+    folder = Path(out) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = re.fullmatch(r"model-(\d+)\.npz", p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def _json_array(obj):
+    return np.array(json.dumps(obj))
+
+
+def save_checkpoint(out, epoch, model, opt, data_rng, cfg, history):
+    """Write checkpoints/model-<epoch>.npz atomically; returns its path."""
+    arrays = {"format": np.array(CHECKPOINT_FORMAT), "epoch": np.array(epoch),
+              "config": _json_array(cfg), "metrics": _json_array(history),
+              "rng/model": _json_array(model.rng.bit_generator.state),
+              "rng/data": _json_array(data_rng.bit_generator.state)}
+    for name, p in model.params.items():
+        arrays[f"param/{name}"] = to_host(p)
+    for key, v in opt.state_dict().items():
+        arrays[f"optim/{key}"] = np.asarray(to_host(v)) if hasattr(v, "shape") else np.array(v)
+    path = checkpoint_path(out, epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with files.Replacing(path) as f:
+        np.savez(f, **arrays)
+    return path
+
+
+class Checkpoint:
+    """The contents of one checkpoint file, read with allow_pickle=False."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            if str(arrays["format"]) != CHECKPOINT_FORMAT:
+                raise ValueError(f"unknown format {str(arrays['format'])!r}")
+            self.epoch = int(arrays["epoch"])
+            self.config = json.loads(str(arrays["config"]))
+            self.metrics = json.loads(str(arrays["metrics"]))
+            self.rng_model = json.loads(str(arrays["rng/model"]))
+            self.rng_data = json.loads(str(arrays["rng/data"]))
+        except FileNotFoundError:
+            raise TrainError(f"checkpoint {self.path} does not exist") from None
+        except Exception as e:  # zip, npy, JSON or key errors: all mean "not a usable checkpoint"
+            raise TrainError(f"cannot read checkpoint {self.path}: {describe(e)}") from None
+        self.params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+        self.optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+
+    def restore(self, model, opt=None, data_rng=None):
+        """Load parameters (and optimizer / RNG states) into freshly built objects."""
+        xp = model.xp
+        if list(self.params) != list(model.params.keys()):
+            raise TrainError(f"checkpoint {self.path} does not match the model: it holds "
+                             f"{len(self.params)} parameters, the model has {len(model.params)}")
+        for name, p in model.params.items():
+            saved = self.params[name]
+            if saved.shape != p.shape:
+                raise TrainError(f"checkpoint {self.path}: parameter {name} has shape "
+                                 f"{saved.shape}, the model expects {p.shape}")
+            p[...] = to_device(saved.astype(p.dtype), xp)
+        model.rng.bit_generator.state = self.rng_model
+        if opt is not None:
+            state = {k: (v.item() if v.ndim == 0 else to_device(v, xp)) for k, v in self.optim.items()}
+            try:
+                opt.load_state_dict(state)
+            except (KeyError, ValueError) as e:
+                raise TrainError(f"checkpoint {self.path}: optimizer state unusable: {describe(e)}")
+        if data_rng is not None:
+            data_rng.bit_generator.state = self.rng_data
+
+
+def describe(e):
+    """An exception as one short line: its type and the first line of its message."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def latest_checkpoint(out, warn=None):
+    """The newest checkpoint in `out` that reads back completely, or None."""
+    for epoch, path in reversed(list_checkpoints(out)):
+        try:
+            return Checkpoint(path)
+        except TrainError as e:
+            if warn:
+                warn(f"minivae: warning: skipping {path}: {e}")
+    return None
+
+
+def prepare_out(out):
+    """Create the run folder (and checkpoints/) and make sure files can be written there."""
+    out = Path(out)
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise TrainError(f"cannot write to output folder {out}: {e.strerror or describe(e)}") \
+            from None
+    return out

@@ -1,0 +1,159 @@
+"""What a trained model is worth: test ELBO, importance-weighted log p(x), reconstructions.
+
+`test_neg_elbo`, `reconstruct` and `decode_probs` are what the training loop reports and draws
+after every epoch; `load_run` rebuilds the model of a saved run folder, and `evaluate_run` is
+`minivae evaluate RUN`. Every random number here comes from a stream of its own (see
+minivae.config), never from the two training streams.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from minivae import data
+from minivae.backend import backend_name, make_rng, to_device, to_host
+from minivae.checkpoint import Checkpoint, checkpoint_path, list_checkpoints
+from minivae.config import (STREAM_EVAL, STREAM_TEST, TrainError, is_int, layout, load_split,
+                            make_config, model_for, resolve_backend, stream_rng, data_overrides)
+from minivae.layers import sigmoid
+from minivae.losses import bernoulli_nll
+from minivae.models import reparametrize
+from minivae.progress import bar as progress_bar
+
+EVAL_BATCH = 128          # images per forward pass when evaluating (bounds its memory)
+
+
+def noise(rng, shape, xp, dtype):
+    """Standard-normal noise drawn on the host and copied to the device."""
+    return to_device(rng.standard_normal(shape).astype(dtype), xp)
+
+
+def reconstruct(model, x, eps):
+    """Decode z = mu + eps * sigma for inputs x (one sampled z per input, as the seeds do);
+    returns pixel probabilities on the host."""
+    mu, log_var = model.encode(x)
+    return decode_probs(model, reparametrize(mu, log_var, eps))
+
+
+def decode_probs(model, z):
+    """Pixel probabilities (on the host) of the images the decoder makes of latents z."""
+    return to_host(sigmoid(model.decode(z)))
+
+
+def eval_batches(model, images, cfg, batch_size=EVAL_BATCH):
+    """The images in order, as float batches laid out for cfg's model (all of them, no shuffle)."""
+    pad, flatten, _ = layout(cfg)
+    return data.batches(images, None, batch_size=batch_size, xp=model.xp, dtype=model.dtype,
+                        rng=make_rng(0), shuffle=False, drop_last=False, pad=pad, flatten=flatten)
+
+
+def test_neg_elbo(model, images, cfg, epoch, batch_size=EVAL_BATCH):
+    """Negative ELBO (recon + KL, no beta, no weight penalty) per test image, one sampled z each,
+    the noise drawn from a stream of its own (seed, STREAM_TEST, epoch)."""
+    rng = stream_rng(cfg["seed"], STREAM_TEST, epoch)
+    total, n = 0.0, 0
+    for x, _ in eval_batches(model, images, cfg, batch_size):
+        eps = noise(rng, (len(x), cfg["latent_dim"]), model.xp, model.dtype)
+        t = model.loss(x, noise=eps, beta=1.0, weight_decay=0.0)
+        total += (t.recon + t.kl) * len(x)
+        n += len(x)
+    return total / n
+
+
+def load_run(run_dir, epoch=None, backend="auto", log=None):
+    """(model, cfg, checkpoint) for run_dir's checkpoint `epoch` (default: the newest)."""
+    run = Path(run_dir)
+    if not run.exists():
+        raise TrainError(f"run folder {run} does not exist")
+    if not run.is_dir():
+        raise TrainError(f"{run} is not a run folder (it is a file)")
+    if epoch is not None:
+        if not is_int(epoch) or epoch < 1:
+            raise TrainError(f"--epoch must be a positive integer, got {epoch!r}")
+        path = checkpoint_path(run, epoch)
+        if not path.is_file():
+            have = ", ".join(str(e) for e, _ in list_checkpoints(run)) or "none"
+            raise TrainError(f"{run} has no checkpoint for epoch {epoch} (epochs saved: {have})")
+    else:
+        found = list_checkpoints(run)
+        if not found:
+            raise TrainError(f"{run} holds no checkpoints (checkpoints/model-<N>.npz); is it a "
+                             f"run folder written by `minivae train`?")
+        path = found[-1][1]
+    ckpt = Checkpoint(path)
+    try:
+        cfg = make_config(**ckpt.config)
+    except (TrainError, TypeError) as e:
+        raise TrainError(f"checkpoint {path} holds an unusable config: {e}") from None
+    model = model_for(cfg, resolve_backend(backend, log=log))
+    ckpt.restore(model)
+    return model, cfg, ckpt
+
+
+def evaluate(model, images, cfg, iw_samples=100, batch_size=None, seed_stream=STREAM_EVAL,
+             max_rows=1024, progress=False):
+    """Negative ELBO and importance-weighted -log p(x) per image, in nats, on model.xp.
+
+    For each image x we draw K latents z_k = mu + sigma * eps_k from q(z|x) and form the log
+    importance weights  log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x). Then
+
+        ELBO estimate  = mean_k log w_k
+        IWAE estimate  = log (1/K) sum_k w_k = logsumexp_k(log w_k) - log K  >=  mean_k log w_k
+
+    (Jensen; the same samples feed both, so the inequality holds exactly, image by image).
+    The IWAE bound rises towards log p(x) as K grows (Burda et al., 2016).
+    """
+    xp = model.xp
+    K = int(iw_samples)
+    if K < 1:
+        raise TrainError(f"--iw-samples must be a positive integer, got {iw_samples!r}")
+    d = cfg["latent_dim"]
+    batch_size = batch_size or max(1, min(EVAL_BATCH, max_rows))
+    rng = stream_rng(cfg["seed"], seed_stream, K)
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    elbo_sum = iwae_sum = 0.0
+    n = 0
+    with progress_bar(progress, total=data.num_batches(len(images), batch_size, False),
+                      unit="batch", desc=f"evaluate (K={K})", leave=False) as bar:
+        for x, _ in eval_batches(model, images, cfg, batch_size):
+            B = len(x)
+            mu, log_var = model.encode(x)
+            log_w = np.empty((B, K))
+            chunk = max(1, max_rows // B)
+            for k0 in range(0, K, chunk):
+                kc = min(chunk, K - k0)
+                eps = noise(rng, (kc, B, d), xp, model.dtype)
+                z = reparametrize(mu[None], log_var[None], eps)                 # (kc, B, d)
+                logits = model.decode(z.reshape(kc * B, d))
+                xr = xp.broadcast_to(x[None], (kc,) + x.shape).reshape((kc * B,) + x.shape[1:])
+                nll = bernoulli_nll(logits.astype(xp.float64), xr)
+                log_px = -nll.reshape(kc, B, -1).sum(axis=2)
+                log_pz = -0.5 * (z.astype(xp.float64) ** 2).sum(axis=2) - d * half_log_2pi
+                log_qz = (-0.5 * (eps.astype(xp.float64) ** 2).sum(axis=2)
+                          - 0.5 * log_var.astype(xp.float64).sum(axis=1)[None] - d * half_log_2pi)
+                log_w[:, k0:k0 + kc] = to_host(log_px + log_pz - log_qz).T
+            m = log_w.max(axis=1, keepdims=True)
+            iwae = m[:, 0] + np.log(np.exp(log_w - m).sum(axis=1)) - math.log(K)
+            elbo = log_w.mean(axis=1)
+            elbo_sum += float(elbo.sum())
+            iwae_sum += float(iwae.sum())
+            n += B
+            bar.update(1)
+    return {"images": n, "iw_samples": K, "neg_elbo": -elbo_sum / n, "neg_log_px": -iwae_sum / n}
+
+
+def evaluate_run(run_dir, epoch=None, iw_samples=100, backend="auto", limit=None, data_dir=None,
+                 mirrors=None, download=None, log=None, progress=False):
+    """`minivae evaluate`: the test -ELBO and IWAE -log p(x) of a saved run's checkpoint."""
+    model, cfg, ckpt = load_run(run_dir, epoch, backend, log=log)
+    data_overrides(cfg, data_dir, mirrors, download)
+    test_x, _ = load_split(cfg, "test", limit if limit is not None else cfg["limit"])
+    with np.errstate(all="ignore"):
+        result = evaluate(model, test_x, cfg, iw_samples=iw_samples, progress=progress)
+    result.update(epoch=ckpt.epoch, dataset=cfg["dataset"], model=cfg["model"],
+                  backend=backend_name(model.xp))
+    for key in ("neg_elbo", "neg_log_px"):
+        if not math.isfinite(result[key]):
+            raise TrainError(f"evaluation of {ckpt.path} gave a non-finite {key}")
+    return result
