@@ -14,8 +14,8 @@ learning rate and weight decay. For each model we report:
 * median milliseconds per step. Every step is timed on its own (perf_counter on the CPU; CUDA
   events with a synchronize on CuPy) after `--warmup` untimed steps; the median shrugs off the
   odd step that another process on the machine slowed down.
-* the same architecture in PyTorch eager (`twin.torch_twin`: built by walking our model's layers, our
-  parameters copied in), when torch can be imported. torch is never a dependency: it is imported
+* the same architecture in PyTorch eager (`twin.torch_twin`: built by walking our model's layers,
+  our parameters copied in), when torch can be imported. torch is never a dependency: it is imported
   only here, only when asked for. Both run in one process, in the same dtype, with PyTorch told
   to use as many threads as NumPy's BLAS, and *interleaved*: `--repeats` blocks of minivae steps
   alternate with blocks of PyTorch steps, so load from other processes hits both alike and the
@@ -25,21 +25,19 @@ learning rate and weight decay. For each model we report:
   it how many page faults each step takes (BENCHMARKS.md, "The allocator").
 * the GEMM floor: the floating-point operations of the step's matrix products and convolutions
   (forward, weight gradients, input gradients; counted from the layer shapes by
-  minivae.bench.model_flops,
-  2 per multiply-add; elementwise work is not counted), divided by the float throughput this
-  machine reaches on one large square matmul (`matmul_gflops`, best of several; with PyTorch
-  present, the better of NumPy's BLAS and PyTorch's on the same matmul, measured after the
-  steps, for the reason above). "x floor" says how far above it each implementation is.
+  minivae.bench.model_flops, 2 per multiply-add; elementwise work is not counted), divided by the
+  float throughput this machine reaches on one large square matmul (`matmul_gflops`, best of
+  several; with PyTorch present, the better of NumPy's BLAS and PyTorch's on the same matmul,
+  measured after the steps, for the reason above). "x floor" says how far above it each
+  implementation is.
 * peak memory, measured in a fresh interpreter per implementation (`memory_probe`): the peak
-  resident set size (getrusage ru_maxrss) of a process that imports the libraries, builds the
-  model and optimizer and runs warm-up + a few steps, and that peak minus the RSS right after the
+  resident set size (VmHWM) of a process that imports the libraries, builds the model and
+  optimizer and runs warm-up + a few steps, and that peak minus the RSS right after the
   imports (what the workload itself added). For minivae on NumPy it also reports the peak bytes
   NumPy allocated *during* one step above what was live before it (NumPy reports its data
   buffers to tracemalloc), i.e. the step's transient working set.
-
 """
 
-import argparse
 import json
 import os
 import platform
@@ -505,8 +503,9 @@ def format_text(report):
             lines.append(f"{'':<5} {'':>5} pytorch skipped: {r['torch_skipped']}")
         mem = (r["minivae"] or {}).get("memory") or {}
         if "step_transient_bytes" in mem:
-            lines.append(f"{'':<5} {'':>5} minivae allocates {_mib(mem['step_transient_bytes']):.1f}"
-                         f" MiB of NumPy buffers at its peak within one step")
+            lines.append(f"{'':<5} {'':>5} minivae allocates "
+                         f"{_mib(mem['step_transient_bytes']):.1f} MiB of NumPy buffers at its "
+                         f"peak within one step")
         if r.get("memory_error"):
             lines.append(f"{'':<5} {'':>5} memory not measured: {r['memory_error']}")
     return "\n".join(lines)
@@ -601,7 +600,7 @@ def run_cli(args):
 
 
 def main(argv=None):
-    parser = Parser(prog="compare_torch.py", description=__doc__.split("\n\n")[0].split("\n")[-1])
+    parser = Parser(prog="compare_torch.py", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.no_torch or not torch_available():

@@ -11,8 +11,9 @@ library runs in fresh processes of its own, so neither one's idle worker threads
 cores while the other computes, and each first frees a 16 MiB block, as compare_torch.py does
 (a heap that has not, maps PyTorch's convolution buffers afresh at every call: a page fault per
 4 KiB, which doubles its time here). Rounds alternate the two libraries, so a slow spell of the
-machine hits both. Prints, per layer, the median milliseconds of each over the rounds, their ratio, and the
-GFLOP/s each reaches on the layer's FLOPs (as minivae.bench.model_flops counts them).
+machine hits both. Prints, per layer, the median milliseconds of each over the rounds, their
+ratio, and the GFLOP/s each reaches on the layer's FLOPs (as minivae.bench.model_flops counts
+them).
 """
 
 import argparse

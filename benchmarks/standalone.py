@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.compare_torch import TorchWorkload, _page_faults, blas_threads, set_threads  # noqa: E402,E501
+from benchmarks.compare_torch import (TorchWorkload, _page_faults, blas_threads,  # noqa: E402
+                                      set_threads)
 from benchmarks.twin import torch_available  # noqa: E402
 from minivae.bench import Workload, in_fresh_interpreter, warm_heap  # noqa: E402
 from minivae.models import MODELS  # noqa: E402

@@ -20,7 +20,7 @@ def torch_available():
 
 
 def torch_name(name):
-    """minivae parameter name -> the twin's: 'encoder.0.W' -> 'encoder.0.weight', '.b' -> '.bias'."""
+    """minivae parameter name -> the twin's: 'encoder.0.W' -> 'encoder.0.weight', '.b' -> '.bias'"""
     prefix, key = name.rsplit(".", 1)
     return prefix + "." + {"W": "weight", "b": "bias"}[key]
 

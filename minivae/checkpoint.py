@@ -125,7 +125,8 @@ class Checkpoint:
             p[...] = to_device(saved.astype(p.dtype), xp)
         model.rng.bit_generator.state = self.rng_model
         if opt is not None:
-            state = {k: (v.item() if v.ndim == 0 else to_device(v, xp)) for k, v in self.optim.items()}
+            state = {k: (v.item() if v.ndim == 0 else to_device(v, xp))
+                     for k, v in self.optim.items()}
             try:
                 opt.load_state_dict(state)
             except (KeyError, ValueError) as e:

@@ -17,7 +17,7 @@ import sys
 
 from minivae import __version__, bench, gradcheck
 from minivae.backend import BACKENDS, IMPLS, BackendError
-from minivae.config import DTYPES, MODEL_DEFAULTS, TrainError, make_config
+from minivae.config import DTYPES, TrainError, make_config
 from minivae.download import DATASETS, DownloadError, download, mirrors
 from minivae.evaluate import evaluate_run
 from minivae.idx import IDXError
@@ -86,6 +86,17 @@ def _no_download_arg(p):
                         "skip the checksums (e.g. your own IDX files)")
 
 
+def _saved_run_args(p, limit_help):
+    """The flags of the sub-commands that load a saved run (evaluate, plot)."""
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--epoch", type=positive_int, help="checkpoint to use (default: the newest)")
+    _backend_arg(p)
+    _data_args(p)
+    _no_download_arg(p)
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help=f"{limit_help} (default: as the run was trained)")
+
+
 def build_parser():
     parser = Parser(prog=PROG, description="Variational autoencoders on a from-scratch "
                                            "NumPy/CuPy engine.")
@@ -100,10 +111,10 @@ def build_parser():
                                    "hidden 500, weight decay 0.01 on the decoder; conv -> "
                                    "fashion-mnist, 10 epochs, lr 1e-4, batch 64 (full batches "
                                    "only), latent 10, hidden 256, weight decay 0.01 on everything.")
-    p.add_argument("--model", choices=tuple(MODEL_DEFAULTS), default="mlp",
+    p.add_argument("--model", choices=tuple(MODELS), default="mlp",
                    help="mlp (seed 000) or conv (seed 001) (default: %(default)s)")
-    p.add_argument("--dataset", choices=tuple(DATASETS), help="default: mnist for mlp, fashion-mnist "
-                                                        "for conv")
+    p.add_argument("--dataset", choices=tuple(DATASETS),
+                   help="default: mnist for mlp, fashion-mnist for conv")
     _backend_arg(p)
     _impl_arg(p)
     p.add_argument("--epochs", type=positive_int, help="number of epochs to train up to")
@@ -112,7 +123,8 @@ def build_parser():
     p.add_argument("--beta", type=non_negative_float, help="weight of the KL term (default 1)")
     p.add_argument("--weight-decay", type=non_negative_float, help="L2 penalty weight λ")
     p.add_argument("--latent-dim", type=positive_int)
-    p.add_argument("--hidden-dim", type=positive_int, help="width of the dense layers (default: 500 for mlp, 256 for conv)")
+    p.add_argument("--hidden-dim", type=positive_int,
+                   help="width of the dense layers (default: 500 for mlp, 256 for conv)")
     p.add_argument("--seed", type=non_negative_int, help="random seed (default 0)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: output/<model>-<dataset>)")
     _data_args(p)
@@ -122,7 +134,8 @@ def build_parser():
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in --out")
     p.add_argument("--sample-size", type=positive_int, metavar="S",
-                   help="original.png / epoch_<N>.png / samples_<N>.png are S x S grids (default 10)")
+                   help="original.png / epoch_<N>.png / samples_<N>.png are S x S grids "
+                        "(default 10)")
     p.add_argument("--log-every", type=positive_int, metavar="STEPS",
                    help="TensorBoard logging interval in steps (default 10)")
     p.add_argument("--tensorboard", action="store_true",
@@ -140,26 +153,14 @@ def build_parser():
 
     # evaluate --------------------------------------------------------------------------------
     p = sub.add_parser("evaluate", help="test negative ELBO and importance-weighted -log p(x)")
-    p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--epoch", type=positive_int, help="checkpoint to use (default: the newest)")
+    _saved_run_args(p, "evaluate on the first N test images")
     p.add_argument("--iw-samples", type=positive_int, default=100, metavar="K",
                    help="importance samples per image (default: %(default)s)")
-    _backend_arg(p)
-    _data_args(p)
-    _no_download_arg(p)
-    p.add_argument("--limit", type=positive_int, metavar="N",
-                   help="evaluate on the first N test images (default: as the run was trained)")
     p.set_defaults(func=cmd_evaluate)
 
     # plot ------------------------------------------------------------------------------------
     p = sub.add_parser("plot", help="latent scatter, manifold and test reconstructions")
-    p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--epoch", type=positive_int, help="checkpoint to use (default: the newest)")
-    _backend_arg(p)
-    _data_args(p)
-    _no_download_arg(p)
-    p.add_argument("--limit", type=positive_int, metavar="N",
-                   help="use the first N test images (default: as the run was trained)")
+    _saved_run_args(p, "use the first N test images")
     p.set_defaults(func=cmd_plot)
 
     # gradcheck: its flags are defined next to the checks ----------------------------------

@@ -2,8 +2,8 @@
 
 `make_config` gives the complete, checked dict that `minivae train` runs from and saves as
 config.json (and inside every checkpoint). The lists it checks against are defined once each, where
-they belong: models in minivae.models, backends and impls in minivae.backend, datasets in
-minivae.download.
+they belong: backends and impls in minivae.backend, datasets in minivae.download; the models are
+those of minivae.models, each with its seed's defaults here.
 """
 
 import math
@@ -14,7 +14,7 @@ import numpy as np
 from minivae import data
 from minivae.backend import BACKENDS, IMPLS, backend_name, cupy_status, get_backend
 from minivae.download import DATASETS, mirrors
-from minivae.models import MODELS, build_model
+from minivae.models import build_model
 
 # The seeds' settings; `make_config` fills in what the user did not set.
 MODEL_DEFAULTS = {

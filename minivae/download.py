@@ -51,7 +51,8 @@ DATASETS = {
             "t10k-images-idx3-ubyte.gz": _spec(
                 1648877, "9fb629c4189551a2d022fa330f9573f3",
                 "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", (10000, 28, 28)),
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+                (10000, 28, 28)),
             "t10k-labels-idx1-ubyte.gz": _spec(
                 4542, "ec29112dd5afa0611ce80d1b7f02629c",
                 "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
@@ -64,7 +65,8 @@ DATASETS = {
             "train-images-idx3-ubyte.gz": _spec(
                 26421880, "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
                 "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", (60000, 28, 28)),
+                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                (60000, 28, 28)),
             "train-labels-idx1-ubyte.gz": _spec(
                 29515, "25c81989df183df01b3e8a0aad5dffbe",
                 "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
@@ -72,7 +74,8 @@ DATASETS = {
             "t10k-images-idx3-ubyte.gz": _spec(
                 4422102, "bef4ecab320f06d8554ea6380940ec79",
                 "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", (10000, 28, 28)),
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                (10000, 28, 28)),
             "t10k-labels-idx1-ubyte.gz": _spec(
                 5148, "bb300cfdad3c16e7a12a480ee83cd310",
                 "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
@@ -110,7 +113,7 @@ def check_dataset(dataset):
 
 
 def data_dir(data_dir=None):
-    """The cache root: the argument, else $MINIVAE_DATA, else ./data. Each dataset has a folder in it."""
+    """The cache root: the argument, else $MINIVAE_DATA, else ./data (one folder per dataset)."""
     chosen = data_dir or os.environ.get("MINIVAE_DATA") or "data"
     return Path(chosen).expanduser()
 

@@ -14,8 +14,8 @@ import numpy as np
 from minivae import data
 from minivae.backend import backend_name, make_rng, to_device, to_host
 from minivae.checkpoint import Checkpoint, checkpoint_path, list_checkpoints
-from minivae.config import (STREAM_EVAL, STREAM_TEST, TrainError, is_int, layout, load_split,
-                            make_config, model_for, resolve_backend, stream_rng, data_overrides)
+from minivae.config import (STREAM_EVAL, STREAM_TEST, TrainError, data_overrides, is_int, layout,
+                            load_split, make_config, model_for, resolve_backend, stream_rng)
 from minivae.layers import sigmoid
 from minivae.losses import bernoulli_nll
 from minivae.models import reparametrize

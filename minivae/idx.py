@@ -3,7 +3,7 @@
 The IDX header (big-endian)::
 
     byte 0-1  0x00 0x00          (magic, part 1)
-    byte 2    0x08               type: unsigned byte (the only type MNIST uses, the only one we read)
+    byte 2    0x08               type: unsigned byte (the only type MNIST uses, the only one read)
     byte 3    ndim               1 for labels (magic 2049), 3 for images (magic 2051)
     then      ndim x uint32      the sizes, e.g. 60000, 28, 28
     then      prod(sizes) bytes  the data, row-major

@@ -120,7 +120,7 @@ def loss_curves(path, rows):
 
 
 def pca_2d(points):
-    """Project points (N, D) on their first two principal axes; returns (coords (N, 2), axes (2, D))."""
+    """Project points (N, D) on their first two principal axes: (coords (N, 2), axes (2, D))."""
     points = np.asarray(points, dtype=np.float64)
     centred = points - points.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
@@ -131,7 +131,8 @@ def pca_2d(points):
     return centred @ axes.T, axes
 
 
-def latent_scatter(path, coords, labels, class_names=None, xlabel="z[0]", ylabel="z[1]", title=None):
+def latent_scatter(path, coords, labels, class_names=None, xlabel="z[0]", ylabel="z[1]",
+                   title=None):
     """Scatter of 2-D latent coordinates coloured by class label."""
     import matplotlib
     from matplotlib.figure import Figure
@@ -151,7 +152,8 @@ def latent_scatter(path, coords, labels, class_names=None, xlabel="z[0]", ylabel
     ax.set_aspect("equal", adjustable="datalim")
     if title:
         ax.set_title(title)
-    ax.legend(markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.legend(markerscale=4, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),
+              frameon=False)
     fig.tight_layout()
     return _save_figure(fig, path)
 

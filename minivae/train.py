@@ -159,7 +159,8 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
             if not math.isfinite(row["test_neg_elbo"]):
                 raise NonFiniteLossError(_nonfinite_msg(epoch, steps_per_epoch, "test -ELBO",
                                                         epoch - 1, out))
-            plots.save_grid(out / f"epoch_{epoch}.png", reconstruct(model, grid_x, grid_eps), ncol=s)
+            plots.save_grid(out / f"epoch_{epoch}.png", reconstruct(model, grid_x, grid_eps),
+                            ncol=s)
             plots.save_grid(out / f"samples_{epoch}.png", decode_probs(model, prior_z), ncol=s)
             history.append(row)
             save_checkpoint(out, epoch, model, opt, data_rng, cfg, history)

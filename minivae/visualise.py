@@ -60,9 +60,9 @@ def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, m
         probs = decode_probs(model, xp.asarray(z.astype(model.dtype)))
         written.append(save_grid(run / "manifold.png", probs, ncol=11))
         if d > 2:
-            log(f"minivae: latent has {d} dimensions: clustering.png shows the test means projected "
-                f"on their first two principal axes; manifold.png decodes [-2, 2]^2 on the plane "
-                f"spanned by those axes (all other directions at 0)")
+            log(f"minivae: latent has {d} dimensions: clustering.png shows the test means "
+                f"projected on their first two principal axes; manifold.png decodes [-2, 2]^2 on "
+                f"the plane spanned by those axes (all other directions at 0)")
 
         rng = stream_rng(cfg["seed"], STREAM_VIS)
         idx = rng.permutation(len(images))[:num_images]

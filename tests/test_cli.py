@@ -2,6 +2,7 @@
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,3 +273,51 @@ def test_mirror_flag_goes_in_front_of_the_default_sources(capsys, tmp_path, monk
 def test_a_missing_dependency_is_named():
     msg = cli._error_message(ModuleNotFoundError("No module named 'PIL'", name="PIL"))
     assert "'PIL' is missing" in msg and "pip install" in msg and "\n" not in msg
+
+
+def test_progress_bars_only_where_stderr_is_a_terminal(cli_run, capsys, tmp_path,
+                                                       synthetic_data_dir, monkeypatch):
+    """Logs get the per-epoch lines, not a bar redrawn at every step; a terminal gets the bars."""
+    rc, stdout, err = minivae(capsys, "evaluate", cli_run, "--iw-samples", "5", "--backend",
+                              "numpy")
+    assert rc == 0 and "\r" not in err and "evaluate (K=5)" not in err, err
+    argv = ["train", "--model", "mlp", "--epochs", "1", "--out", tmp_path / "r", "--data-dir",
+            synthetic_data_dir, *[a for a in TINY if a != "--no-progress"]]
+    rc, stdout, err = minivae(capsys, *argv)
+    assert rc == 0 and "\r" not in err and "batch" not in err, err
+    assert "epoch 1/1: train loss" in stdout
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    from minivae.progress import bar
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with bar(True, total=3, desc="shown") as b:
+        b.update(3)
+    assert "shown" in sys.stderr.getvalue()
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with bar(False, total=3, desc="hidden") as b:       # --no-progress
+        b.update(3)
+    assert sys.stderr.getvalue() == ""
+
+
+def test_a_broken_module_is_one_line_or_a_traceback_under_debug(tmp_path):
+    """cli.py imports the program plainly: an error in any module reaches the user as one line
+    (not as "not available"), and MINIVAE_DEBUG=1 shows where it happened."""
+    shutil.copytree(ROOT / "minivae", tmp_path / "minivae",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "minivae" / "gradcheck.py", "a") as f:
+        f.write("\nraise ImportError('gradcheck is broken here')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    env.pop("MINIVAE_DEBUG", None)
+    p = subprocess.run([sys.executable, "-m", "minivae", "train", "--help"], capture_output=True,
+                       text=True, timeout=120, env=env, cwd=tmp_path)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        "minivae: error: minivae cannot be imported (ImportError: gradcheck is broken here; set "
+        "MINIVAE_DEBUG=1 for the traceback)"]
+    p = subprocess.run([sys.executable, "-m", "minivae", "train", "--help"], capture_output=True,
+                       text=True, timeout=120, env=dict(env, MINIVAE_DEBUG="1"), cwd=tmp_path)
+    assert p.returncode != 0 and "Traceback" in p.stderr and "gradcheck.py" in p.stderr

@@ -441,7 +441,8 @@ def test_data_dir_and_mirror_lists(monkeypatch, tmp_path):
     public = dl.DATASETS["mnist"]["mirrors"]
     assert dl.mirrors("mnist") == public
     monkeypatch.setenv("MINIVAE_MIRROR", "http://a/x, /b/c\nhttp://d")
-    assert dl.mirrors("mnist", extra=["../m"]) == ["../m", "http://a/x", "/b/c", "http://d"] + public
+    assert dl.mirrors("mnist", extra=["../m"]) == ["../m", "http://a/x", "/b/c",
+                                                   "http://d"] + public
     assert dl.mirrors("mnist", extra="http://d") == ["http://d", "http://a/x", "/b/c"] + public
     monkeypatch.delenv("MINIVAE_MIRROR")
     assert dl.mirrors("fashion-mnist") == dl.DATASETS["fashion-mnist"]["mirrors"]

@@ -3,6 +3,8 @@
 import csv
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,3 +311,42 @@ def test_seed_defaults():
             conv["beta"], conv["latent_dim"]) == ("fashion-mnist", 10, 1e-4, 64, 0.01, 1.0, 10)
     assert layout(conv) == (2, False, True) and layout(mlp) == (0, True, False)
     assert mlp["out"].endswith("mlp-mnist")
+
+
+# A run folder written before the engine had two tiers (config.json and the checkpoint have no
+# "impl"): 1 epoch of `mlp --hidden-dim 8 --batch-size 16 --sample-size 2` on 64 synthetic images.
+OLD_RUN = Path(__file__).resolve().parent / "data" / "run-format-1"
+
+
+def test_checkpoint_of_the_first_format_loads_and_resumes_on_either_tier(tmp_path,
+                                                                         synthetic_data_dir):
+    ckpt = Checkpoint(OLD_RUN / "checkpoints" / "model-1.npz")
+    assert ckpt.epoch == 1 and "impl" not in ckpt.config
+    r = evaluate_run(OLD_RUN, iw_samples=2, backend="numpy", data_dir=str(synthetic_data_dir),
+                     download=False, limit=32)
+    assert math.isfinite(r["neg_elbo"]) and r["neg_log_px"] <= r["neg_elbo"]
+    for impl in ("plain", "fast"):
+        out = tmp_path / impl
+        shutil.copytree(OLD_RUN, out)
+        cfg = make_config("mlp", epochs=2, hidden_dim=8, batch_size=16, sample_size=2,
+                          backend="numpy", out=str(out), data_dir=str(synthetic_data_dir),
+                          download=False, impl=impl)
+        rows = run(cfg, resume=True)
+        assert [r["epoch"] for r in rows] == [1, 2]
+        assert rows[0] == ckpt.metrics[0]
+        assert json.loads((out / "config.json").read_text())["impl"] == impl
+        assert Checkpoint(out / "checkpoints" / "model-2.npz").config["impl"] == impl
+
+
+def test_resume_on_the_other_tier(mlp_run, tmp_path, synthetic_data_dir):
+    """impl is not one of the settings fixed on resume: both tiers compute the same numbers."""
+    src, cfg, history = mlp_run
+    out = tmp_path / "resumed"
+    shutil.copytree(src, out)
+    for p in (out / "checkpoints").glob("model-3.npz"):
+        p.unlink()
+    trained = Checkpoint(src / "checkpoints" / "model-2.npz").config["impl"]
+    other = "plain" if trained != "plain" else "fast"
+    rows = run(dict(cfg, impl=other), resume=True)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[2]["train_loss"] == pytest.approx(history[2]["train_loss"], rel=1e-4)

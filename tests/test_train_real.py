@@ -1,4 +1,5 @@
-"""Both seed configurations on a slice of the real FashionMNIST (skipped where it is absent)."""
+"""Both seed configurations on a slice of the real FashionMNIST, and seed 000 on real MNIST
+(skipped where ../shared/data is absent)."""
 
 import csv
 import math
@@ -34,3 +35,17 @@ def test_seed_config_on_real_fashion_mnist(tmp_path, real_data_mirror, model, ex
     assert cli.main(["plot", str(out), "--backend", "numpy", "--limit", "300"]) == 0
     for name in ("clustering.png", "manifold.png", "test-vs-reconstruction.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_mlp_on_mnist_from_the_shared_mirror(tmp_path, real_data_mirror, capsys):
+    """The mirror's MNIST training images are recompressed: accepted by their decompressed sha256
+    (`minivae train --model mlp --mirror ../shared/data`)."""
+    if not (real_data_mirror / "mnist" / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real MNIST not found under {real_data_mirror}")
+    out = tmp_path / "mlp"
+    argv = ["train", "--model", "mlp", "--epochs", "1", "--limit", "256", "--hidden-dim", "32",
+            "--out", str(out), "--backend", "numpy", "--no-progress",
+            "--data-dir", str(tmp_path / "cache"), "--mirror", str(real_data_mirror)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert (tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz").is_file()
+    assert Checkpoint(out / "checkpoints" / "model-1.npz").config["dataset"] == "mnist"
