@@ -8,9 +8,10 @@
 
 What a user waits for. For each model, `--rounds` rounds of two fresh processes, A then B:
 
-  A  <root>/bin/minivae train --model M --epochs E ... --no-progress: the program as a user runs
-     it, its data pipeline and all. Its metrics.csv holds each epoch's `seconds` (the wall time
-     of the epoch's training steps, batching included; not the test ELBO, plots or checkpoint).
+  A  <root>/bin/minivae train --model M --epochs E --backend numpy ... --no-progress: the
+     program as a user runs it on the CPU, its data pipeline and all. Its metrics.csv holds each
+     epoch's `seconds` (the wall time of the epoch's training steps, batching included; not the
+     test ELBO, plots or checkpoint).
   B  benchmarks/torch_train.py: the same model (the PyTorch twin of minivae's, same seed, so the
      same Glorot init), the same images from the same cache, preprocessing, batch size, per-epoch
      shuffling, drop-last rule, learning rate, Adam and objective, as a plain PyTorch loop timed
@@ -49,16 +50,12 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import torch_train  # noqa: E402  (imports neither torch nor minivae until asked)
+from benchmarks.torch_train import MODELS, BenchError, Parser, at_least  # noqa: E402
 
 PROG = "epoch_time"
-MODELS = ("mlp", "conv")
 CORETYPE_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
-
-
-class BenchError(Exception):
-    """A problem the user can fix; main prints it as one line."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +100,7 @@ def minivae_command(root, model, epochs, out, mirror, data_dir, impl=None, limit
     """Process A: `minivae train` of the checkout at `root`, run by this interpreter."""
     cmd = [sys.executable, str(Path(root) / "bin" / "minivae"), "train", "--model", model,
            "--epochs", str(epochs), "--out", str(out), "--mirror", str(mirror),
-           "--data-dir", str(data_dir), "--no-progress"]
+           "--data-dir", str(data_dir), "--backend", "numpy", "--no-progress"]
     if impl is not None:            # only when asked: older revisions have no --impl
         cmd += ["--impl", impl]
     if limit is not None:
@@ -224,8 +221,12 @@ def kernels_line(k):
     return text
 
 
+def _plural(n, word):
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _threads(n):
-    return f"{n} thread" + ("" if n == 1 else "s")
+    return _plural(n, "thread")
 
 
 def cpu_model():
@@ -308,6 +309,10 @@ def run_benchmark(args, argv, log):
                      load_average_start=load_average()),
         openblas_env={k: os.environ[k] for k in CORETYPE_VARS if k in os.environ},
         environment_note=coretype_note(os.environ, argv), results=[])
+    load = report["machine"]["load_average_start"]
+    if load and load[0] > 0.5 * usable_cores():
+        log(f"note: load average {load[0]:.2f} on {usable_cores()} cores: other processes are "
+            f"running, so the timings will be noisy")
     failed = False
     try:
         report["kernels"] = probe_kernels(args.threads, env, work)
@@ -333,7 +338,7 @@ def run_benchmark(args, argv, log):
                 rounds.append({"minivae": mv, "torch": th})
                 log(f"{model} round {r}/{args.rounds}: minivae {steady_median(mv['seconds']):.3f}"
                     f" s/epoch, PyTorch {steady_median(th['seconds']):.3f} s/epoch (train loss "
-                    f"after epoch {args.epochs}: {mv['train_loss'][-1]:.2f} / "
+                    f"after epoch {args.epochs}: minivae {mv['train_loss'][-1]:.2f}, PyTorch "
                     f"{th['train_loss'][-1]:.2f}; {time.perf_counter() - t0:.0f}s)")
             result = dict(model=model, label=model_label(settings), dataset=settings["dataset"],
                           batch_size=settings["batch_size"], lr=settings["lr"],
@@ -382,7 +387,8 @@ def format_text(report):
         f"{m['python']}; load average {_load(m['load_average_start'])} at the start, "
         f"{_load(m['load_average_end'])} at the end",
         f"kernels: {kernels_line(report['kernels'])}",
-        f"minivae: {s['minivae_root']} at {s['minivae_revision'] or '?'}"
+        f"minivae: {s['minivae_root']}"
+        + (f" at {s['minivae_revision']}" if s["minivae_revision"] else "")
         + (f", --impl {s['impl']}" if s["impl"] else ""),
     ]
     if report["environment_note"]:
@@ -395,28 +401,29 @@ def _load(values):
 
 
 def format_markdown(report):
+    """The table, then one paragraph each: what was timed, the machine, the command."""
     s, m = report["settings"], report["machine"]
-    rows = ["| model | minivae s/epoch | PyTorch s/epoch | ratio | rounds |",
-            "|---|---:|---:|---:|---:|"]
+    table = ["| model | minivae s/epoch | PyTorch s/epoch | ratio | rounds |",
+             "|---|---:|---:|---:|---:|"]
     for r in report["results"]:
-        rows.append(f"| {r['label']} | {r['minivae_s']:.2f} | {r['torch_s']:.2f} | "
-                    f"{r['ratio']:.2f} | {r['rounds']} |")
-    rows += [
-        "",
+        table.append(f"| {r['label']} | {r['minivae_s']:.2f} | {r['torch_s']:.2f} | "
+                     f"{r['ratio']:.2f} | {r['rounds']} |")
+    prose = [
         f"Seconds per training epoch (its steps and its batch pipeline), median over "
-        f"{_epochs_text(report)} of each fresh process, then over {s['rounds']} rounds "
+        f"{_epochs_text(report)} of each fresh process, then over {_plural(s['rounds'], 'round')} "
         f"alternating `minivae train` and a plain PyTorch loop of the same model; "
         f"{_threads(s['threads'])} each"
         + (f"; the first {s['limit']} images" if s["limit"] else "") + ".",
         f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}; "
-        f"{kernels_line(report['kernels'])}; minivae {s['minivae_revision'] or '?'}"
+        f"{kernels_line(report['kernels'])}"
+        + (f"; minivae {s['minivae_revision']}" if s["minivae_revision"] else "")
         + (f" with --impl {s['impl']}" if s["impl"] else "") + ".",
     ]
     if report["openblas_env"]:
         found = " ".join(f"{k}={v}" for k, v in report["openblas_env"].items())
-        rows.append(f"Environment: {found} (NumPy's OpenBLAS ran the kernels named there).")
-    rows.append(f"Command: `{report['command']}`")
-    return "\n".join(rows)
+        prose.append(f"Environment: {found} (NumPy's OpenBLAS ran the kernels named there).")
+    prose.append(f"Command: `{report['command']}`")
+    return "\n".join(table) + "\n\n" + "\n\n".join(prose)
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,27 +439,8 @@ def model_list(text):
     return list(dict.fromkeys(models))
 
 
-def at_least(low):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
-        return value
-    return parse
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line, not the usage text."""
-
-    def error(self, message):
-        self.exit(2, f"{PROG}: error: {message}\n")
-
-
 def parse_args(argv):
-    p = Parser(prog="epoch_time.py", description=__doc__.split("\n\n")[0],
+    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=model_list, default=list(MODELS),
                    help="comma-separated, from mlp,conv (default: both)")

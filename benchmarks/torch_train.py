@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 DEFAULT_MIRROR = ROOT.parent / "shared" / "data"
 DEFAULT_DATA_DIR = Path(tempfile.gettempdir()) / "minivae-epoch-time-data"
+MODELS = ("mlp", "conv")
 SEED = 0                # minivae train's default --seed
 PROG = "torch_train"
 
@@ -150,20 +151,33 @@ def train(settings, images, epochs, log=None):
 # Command line
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def at_least(low):
+    """An argparse type: an integer >= low."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line, not the usage text."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=("mlp", "conv"), default="mlp")
-    p.add_argument("--epochs", type=positive_int, default=3)
-    p.add_argument("--threads", type=positive_int,
+    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=MODELS, default="mlp")
+    p.add_argument("--epochs", type=at_least(1), default=3)
+    p.add_argument("--threads", type=at_least(1),
                    help="torch.set_num_threads (default: PyTorch's own choice)")
-    p.add_argument("--limit", type=positive_int, metavar="N",
+    p.add_argument("--limit", type=at_least(1), metavar="N",
                    help="use only the first N training images")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR),
                    help="minivae's download cache (default: %(default)s)")
