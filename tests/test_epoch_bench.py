@@ -10,6 +10,7 @@ benchmark (256 images, 2 epochs, 1 round, both models).
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -242,7 +243,8 @@ def test_smoke_run_of_both_models(tmp_path):
         return subprocess.run([sys.executable, str(script), "--models", models, "--limit", "256",
                                "--epochs", "2", "--rounds", "1", "--threads", "1", "--json",
                                "--mirror", str(REAL_DATA), "--data-dir", str(tmp_path / "data")],
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, TMPDIR=str(tmp_path)))  # a failed run's logs
 
     proc, skipped = run("mlp,conv"), None
     if proc.returncode != 0 and "decompressed hash is unknown" in proc.stderr:
