@@ -55,14 +55,15 @@ class BenchError(Exception):
 def twin_builder():
     """torch_twin(model) -> an nn.Module with minivae's layers and current parameters, whose
     forward(x, eps, beta, weight_decay) returns (loss, recon, kl, reg) as minivae computes them."""
-    from minivae.bench import torch_twin
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from twin import torch_twin
     return torch_twin
 
 
 def seed_settings(model):
     """The seed's settings for `model` as `minivae train` uses them: dataset, batch_size, lr,
     beta, weight_decay, latent_dim, hidden_dim, and the batch layout pad, flatten, drop_last."""
-    from minivae.train import MODEL_DEFAULTS, layout
+    from minivae.config import MODEL_DEFAULTS, layout
 
     settings = dict(MODEL_DEFAULTS[model], model=model)
     settings["pad"], settings["flatten"], settings["drop_last"] = layout(settings)
@@ -71,10 +72,10 @@ def seed_settings(model):
 
 def load_train_images(dataset, data_dir, mirror, limit=None):
     """The training images, uint8 (N, 28, 28), through minivae's loader and download cache."""
-    from minivae import data
+    from minivae import data, download
 
     images, _ = data.load(dataset, "train", data_dir=data_dir,
-                          mirrors=data.mirrors(dataset, extra=[str(mirror)]), limit=limit,
+                          mirrors=download.mirrors(dataset, extra=[str(mirror)]), limit=limit,
                           progress=False)
     return images
 
