@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import torch_train  # noqa: E402  (imports neither torch nor minivae until asked)
 from benchmarks.torch_train import MODELS, BenchError, Parser, at_least  # noqa: E402
+from minivae.bench import cpu_model  # noqa: E402
 
 PROG = "epoch_time"
 CORETYPE_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -227,17 +228,6 @@ def _plural(n, word):
 
 def _threads(n):
     return _plural(n, "thread")
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def usable_cores():
