@@ -70,11 +70,11 @@ def seed_settings(model):
     return settings
 
 
-def load_train_images(dataset, data_dir, mirror, limit=None):
-    """The training images, uint8 (N, 28, 28), through minivae's loader and download cache."""
+def load_images(dataset, data_dir, mirror, limit=None, split="train"):
+    """A split's images, uint8 (N, 28, 28), through minivae's loader and download cache."""
     from minivae import data, download
 
-    images, _ = data.load(dataset, "train", data_dir=data_dir,
+    images, _ = data.load(dataset, split, data_dir=data_dir,
                           mirrors=download.mirrors(dataset, extra=[str(mirror)]), limit=limit,
                           progress=False)
     return images
@@ -114,9 +114,25 @@ def objective(twin, x, eps, settings):
     return twin(x, eps, settings["beta"], settings["weight_decay"])[0]
 
 
-def train(settings, images, epochs, log=None):
+def test_neg_elbo(twin, images, settings, gen, batch_size=1000, dtype=None):
+    """recon + kl per test image (weight 1, no penalty, one sampled z each), as minivae's
+    metrics.csv reports it; not timed."""
+    import torch
+
+    total = 0.0
+    with torch.no_grad():
+        for b in range(0, len(images), batch_size):
+            x = make_batch(images, torch.arange(b, min(b + batch_size, len(images))), settings,
+                           dtype)
+            eps = torch.randn(len(x), settings["latent_dim"], generator=gen).to(x.dtype)
+            _, recon, kl, _ = twin(x, eps, 1.0, 0.0)
+            total += (float(recon) + float(kl)) * len(x)
+    return total / len(images)
+
+
+def train(settings, images, epochs, log=None, test_images=None):
     """Train the twin for `epochs` epochs on uint8 `images`; -> (seconds, mean train loss) per
-    epoch, and the steps of one epoch."""
+    epoch, the steps of one epoch, and the test -ELBO per epoch when `test_images` are given."""
     import torch
 
     twin = twin_builder()(build_minivae_model(settings))
@@ -127,7 +143,10 @@ def train(settings, images, epochs, log=None):
     steps = n // size if settings["drop_last"] else -(-n // size)
     if steps == 0:
         raise BenchError(f"{n} training images make no full batch of {size}; raise --limit")
-    seconds, losses = [], []
+    if test_images is not None:
+        test_images = torch.from_numpy(np.ascontiguousarray(test_images))
+        test_gen = torch.Generator().manual_seed(SEED + 1)
+    seconds, losses, test = [], [], []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=gen)
@@ -143,9 +162,12 @@ def train(settings, images, epochs, log=None):
             seen += len(x)
         seconds.append(time.perf_counter() - t0)
         losses.append(total / seen)
+        if test_images is not None:
+            test.append(test_neg_elbo(twin, test_images, settings, test_gen))
         if log:
-            log(f"epoch {epoch}/{epochs}: train loss {losses[-1]:.4f}, {seconds[-1]:.2f}s")
-    return seconds, losses, steps
+            log(f"epoch {epoch}/{epochs}: train loss {losses[-1]:.4f}"
+                + (f", test -ELBO {test[-1]:.4f}" if test else "") + f", {seconds[-1]:.2f}s")
+    return seconds, losses, steps, test
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,6 +208,8 @@ def parse_args(argv):
                    help="where the cache is filled from: a folder laid out as <dataset>/<file> "
                         "or an http(s) URL (default: %(default)s)")
     p.add_argument("--verbose", action="store_true", help="one line per epoch on stderr")
+    p.add_argument("--test-elbo", action="store_true",
+                   help="after each epoch (untimed), the test -ELBO per image, as minivae reports")
     return p.parse_args(argv)
 
 
@@ -201,17 +225,18 @@ def main(argv=None):
             torch.set_num_threads(args.threads)
         settings = seed_settings(args.model)
         try:
-            images = load_train_images(settings["dataset"], args.data_dir, args.mirror,
-                                       args.limit)
+            images = load_images(settings["dataset"], args.data_dir, args.mirror, args.limit)
+            test_images = (load_images(settings["dataset"], args.data_dir, args.mirror,
+                                       args.limit, split="test") if args.test_elbo else None)
         except (OSError, ValueError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BenchError(f"cannot load {settings['dataset']}: {first}") from None
         log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
-        seconds, losses, steps = train(settings, images, args.epochs, log)
+        seconds, losses, steps, test = train(settings, images, args.epochs, log, test_images)
     except BenchError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(dict(model=args.model, seconds=seconds, train_loss=losses,
+    print(json.dumps(dict(model=args.model, seconds=seconds, train_loss=losses, test_neg_elbo=test,
                           threads=torch.get_num_threads(), images=len(images),
                           steps_per_epoch=steps, torch=torch.__version__)))
     return 0
