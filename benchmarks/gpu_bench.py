@@ -9,10 +9,10 @@ float32 on one fixed batch of the seed's shape, with the seed's lr, beta and wei
 
 For each model and batch size (the seed's, 128 for mlp and 64 for conv, and 4096):
 
-* ms per step: each step between two CUDA events (each library's own), after warm-up steps that
-  take CuPy's kernel compilation and the libraries' handle set-up out of the numbers; the two
-  libraries interleaved in blocks (minivae's block, then PyTorch's), median over all blocks;
-  ratio minivae / PyTorch, with the range of the per-block ratios.
+* ms per step: each step between two CUDA events, after warm-up steps that take CuPy's kernel
+  compilation and the libraries' handle set-up out of the numbers; the two libraries interleaved
+  in blocks (minivae's block, then PyTorch's), median over all blocks; ratio minivae / PyTorch,
+  with the range of the per-block ratios.
 * share of the GEMM throughput: the FLOPs of the step's matrix products and convolutions
   (`model_flops`: counted from the layer shapes, forward and both gradients, 2 per multiply-add;
   elementwise work not counted) per second of step, over the throughput that CuPy's float32
@@ -74,7 +74,7 @@ def step_flops(model_name, batch_size, model=None):
     if model is None:
         from minivae.models import build_model
         model = build_model(model_name)
-    model_flops = locate("model_flops", "minivae.bench", "minivae.flops", "twin")
+    model_flops = locate("model_flops", "minivae.bench")
     return model_flops(model, (batch_size,) + INPUT_SHAPE[model_name])["total"]
 
 
@@ -120,26 +120,19 @@ def torch_step(model_name, model, host_x, torch):
     return step
 
 
-def cupy_timer(cupy):
+def cuda_timer(cupy):
+    """timed(fn) -> ms between two CUDA events around fn, recorded on CuPy's current stream.
+
+    It times PyTorch's step too: both libraries issue their work on the device's default stream,
+    and both steps end by reading the loss back to the host, so all their work lies between the
+    two events."""
     def timed(fn):
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
         start.record()
         fn()
         end.record()
         end.synchronize()
-        return cupy.cuda.get_elapsed_time(start, end)          # ms
-    return timed
-
-
-def torch_timer(torch):
-    def timed(fn):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)                          # ms
+        return cupy.cuda.get_elapsed_time(start, end)
     return timed
 
 
@@ -161,7 +154,7 @@ def gemm_flops_per_s(cupy, n, repeats=10):
     a = cupy.asarray(rng.random((n, n), dtype=np.float32))
     b = cupy.asarray(rng.random((n, n), dtype=np.float32))
     out = cupy.empty((n, n), dtype=np.float32)
-    timed = cupy_timer(cupy)
+    timed = cuda_timer(cupy)
     for _ in range(2):
         timed(lambda: cupy.matmul(a, b, out=out))
     ms = statistics.median(timed(lambda: cupy.matmul(a, b, out=out)) for _ in range(repeats))
@@ -183,7 +176,7 @@ def bench_one(model_name, batch_size, args, cupy, torch, gemm):
         row["torch_skipped"] = torch
     else:
         th_step = torch_step(model_name, model, host_x, torch)
-    mv_time, th_time = cupy_timer(cupy), th_step and torch_timer(torch)
+    timed = cuda_timer(cupy)
     for _ in range(args.warmup):
         mv_step()
         if th_step:
@@ -191,11 +184,11 @@ def bench_one(model_name, batch_size, args, cupy, torch, gemm):
     mv, th, ratios = [], [], []
     for k in blocks(args.steps, args.repeats):
         cupy.cuda.Device().synchronize()
-        a = [mv_time(mv_step) for _ in range(k)]
+        a = [timed(mv_step) for _ in range(k)]
         mv += a
         if th_step:
             torch.cuda.synchronize()
-            b = [th_time(th_step) for _ in range(k)]
+            b = [timed(th_step) for _ in range(k)]
             th += b
             ratios.append(statistics.median(a) / statistics.median(b))
     for name, times in (("minivae", mv), ("torch", th)):

@@ -4,7 +4,7 @@
 # and evaluate, `minivae bench` and the PyTorch-CUDA comparison) and brings back every log.
 #
 # 1. Here, once per checkout: copy the eight .gz files the two seed models train on (MNIST and
-#    FashionMNIST, train and test; about 41 MiB) from ../shared/data into gpu-data/, which git
+#    FashionMNIST, train and test; 42.3 MB, 40 MiB) from ../shared/data into gpu-data/, which git
 #    ignores and the device call carries (the machine has no network):
 #        bash benchmarks/gpu_check.sh --prepare [SOURCE_DIR]      # default ../shared/data
 # 2. The device call (the machine's python3 has CuPy, PyTorch with CUDA, pytest; minivae runs
@@ -41,8 +41,8 @@ prepare() {
     local src=${1:-$ROOT/../shared/data} dest=$ROOT/gpu-data ds f total=0
     for ds in "${DATASETS[@]}"; do
         for f in "${FILES[@]}"; do
-            [ -f "$src/$ds/$f" ] \
-                || die "$src/$ds/$f not found (give the folder that holds mnist/ and fashion-mnist/)"
+            [ -f "$src/$ds/$f" ] || die "$src/$ds/$f not found" \
+                "(give the folder that holds mnist/ and fashion-mnist/)"
         done
     done
     for ds in "${DATASETS[@]}"; do
@@ -164,11 +164,13 @@ else
             [ -f "gpu-data/$ds/$f" ] || STATUS[gpu-data]=missing
         done
     done
-    [ "${STATUS[gpu-data]}" = PASS ] || echo "gpu-data/ is incomplete: run" \
-        "'bash benchmarks/gpu_check.sh --prepare' here and carry gpu-data" | tee -a "$WORK/summary.txt"
+    [ "${STATUS[gpu-data]}" = PASS ] || echo "gpu-data/ is incomplete: run 'bash" \
+        "benchmarks/gpu_check.sh --prepare' here and carry gpu-data" | tee -a "$WORK/summary.txt"
 fi
 
-# -- the steps, most telling first ----------------------------------------------------------
+# -- the steps, most telling first: what a user runs, then the detailed tables ----------------
+# (pytest-cupy already runs the float64 gradient table and the float32 checks on CuPy's default
+# tier; the gradcheck steps print the whole table per tier and dtype.)
 step env 30 "nvidia-smi; $PY -c 'import cupy; cupy.show_config()'; \
 $PY -c 'import torch; print(\"torch\", torch.__version__, \"CUDA\", torch.version.cuda)'; \
 $PY -m pytest --version; ls -l gpu-data/*/; \
@@ -176,9 +178,6 @@ $PY -c 'from minivae.backend import cupy_status as s; m, why = s(); print(\"CuPy
 raise SystemExit(m is None)'"
 step pytest-cupy 150 "$PY -m pytest -q -rs -k cupy -p no:cacheprovider \
 \$($PY -c 'import xdist' >/dev/null 2>&1 && echo '-n 4') --junitxml=$WORK/pytest-cupy.xml tests"
-for dtype in float64 float32; do
-    step gradcheck-plain-$dtype 60 "$MV gradcheck --backend cupy --impl plain --dtype $dtype"
-done
 for run in mlp:mnist conv:fashion-mnist; do
     model=${run%%:*} dataset=${run#*:}
     dir=$RUNS/$model-$dataset
@@ -189,11 +188,13 @@ for run in mlp:mnist conv:fashion-mnist; do
     step evaluate-$model 90 "$MV evaluate $dir --iw-samples 20" train-$model
 done
 step gpu-bench 150 "$PY benchmarks/gpu_bench.py --json $WORK/gpu_bench.json"
+for impl in plain fast; do
+    for dtype in float64 float32; do
+        step gradcheck-$impl-$dtype 90 "$MV gradcheck --backend cupy --impl $impl --dtype $dtype"
+    done
+done
 for model in mlp conv; do
     step bench-$model 60 "$MV bench --backend cupy --model $model --steps 50"
-done
-for dtype in float64 float32; do
-    step gradcheck-fast-$dtype 60 "$MV gradcheck --backend cupy --impl fast --dtype $dtype"
 done
 
 $DRY && exit 0
