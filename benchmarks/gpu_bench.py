@@ -28,7 +28,6 @@ Without a GPU usable through CuPy it prints one line and exits with status 1 (0 
 """
 
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -48,25 +47,10 @@ MINIVAE_BACKEND = "cupy"
 TORCH_DEVICE = "cuda"
 
 
-def locate(name, *modules):
-    """`name` from the first of `modules` that defines it: the one import point for what the
-    program keeps elsewhere as it is re-laid (the torch twin may live in benchmarks/twin.py or
-    minivae/bench.py, the seed settings in minivae/config.py or minivae/train.py)."""
-    for module in modules:
-        try:
-            found = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:                    # the module exists but one of its imports is
-                raise                               # missing: say so, do not hide it
-            continue
-        if hasattr(found, name):
-            return getattr(found, name)
-    raise ImportError(f"{name} is in none of {', '.join(modules)}")
-
-
 def seed_settings(model_name):
     """The seed's training settings for `model_name` (batch_size, lr, beta, weight_decay, ...)."""
-    return locate("MODEL_DEFAULTS", "minivae.config", "minivae.train")[model_name]
+    from minivae.config import MODEL_DEFAULTS
+    return MODEL_DEFAULTS[model_name]
 
 
 def step_flops(model_name, batch_size, model=None):
@@ -74,7 +58,7 @@ def step_flops(model_name, batch_size, model=None):
     if model is None:
         from minivae.models import build_model
         model = build_model(model_name)
-    model_flops = locate("model_flops", "minivae.bench")
+    from minivae.bench import model_flops
     return model_flops(model, (batch_size,) + INPUT_SHAPE[model_name])["total"]
 
 
@@ -102,7 +86,7 @@ def minivae_step(model_name, batch_size, impl, cupy):
 
 def torch_step(model_name, model, host_x, torch):
     """The step of minivae's `model` as a PyTorch twin on CUDA, on the same batch."""
-    torch_twin = locate("torch_twin", "twin", "minivae.bench")
+    from twin import torch_twin
     cfg = seed_settings(model_name)
     twin = torch_twin(model, device=TORCH_DEVICE)
     x = torch.from_numpy(host_x).to(TORCH_DEVICE)
