@@ -384,6 +384,7 @@ def run(models=tuple(MODELS), backend="numpy", dtype="float32", batch_size=None,
         warm_heap=True, log=None):
     """The whole benchmark: machine info, matmul throughput, one result per model."""
     xp = get_backend(backend)
+    asked_torch = with_torch     # bench_model says why PyTorch is skipped: --no-torch or absent
     with_torch = with_torch and torch_available()
     if with_torch:
         import torch  # noqa: F401  (so that set_threads reaches it)
@@ -407,7 +408,7 @@ def run(models=tuple(MODELS), backend="numpy", dtype="float32", batch_size=None,
             log(f"  {name}: timing {steps} steps per implementation in "
                 f"{len(_split(steps, repeats))} interleaved blocks ...")
         spec = dict(model=name, backend=backend, dtype=dtype, batch_size=batch_size,
-                    steps=steps, warmup=warmup, repeats=repeats, with_torch=with_torch,
+                    steps=steps, warmup=warmup, repeats=repeats, with_torch=asked_torch,
                     threads=threads, warm_heap=warm_heap)
         result = in_fresh_interpreter("_timing_main", spec, timeout=3600, module=MODULE)
         if memory:

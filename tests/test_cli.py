@@ -66,8 +66,15 @@ def test_auto_backend_says_what_it_picked(tmp_path, capsys, synthetic_data_dir):
                               tmp_path / "r", "--data-dir", synthetic_data_dir,
                               *[a if a != "numpy" else "auto" for a in TINY])
     assert rc == 0, err
-    assert "backend auto -> " in err
+    picked = err.splitlines()[0]
+    assert picked in ("minivae: backend: numpy", "minivae: backend: cupy"), err  # a few words
     assert "epoch 1/1: train loss" in stdout
+    # -v adds the reason for the choice
+    rc, stdout, err = minivae(capsys, "train", "--model", "mlp", "--epochs", "1", "--out",
+                              tmp_path / "v", "--data-dir", synthetic_data_dir, "-v",
+                              *[a if a != "numpy" else "auto" for a in TINY])
+    assert rc == 0, err
+    assert err.splitlines()[0].startswith(picked + " (auto: "), err
 
 
 def test_resume_flag(cli_run, tmp_path, capsys, synthetic_data_dir):
