@@ -375,7 +375,9 @@ def main(argv=None):
     except ValueError:            # not the main thread: leave signals alone
         previous = None
     try:
-        return _main(argv)
+        status = _main(argv)
+        sys.stdout.flush()        # a closed pipe shows here, not as a warning at exit
+        return status
     except BrokenPipeError:       # stdout's reader has gone (`minivae ... | head`): end quietly
         silence_stdout()
         return 128 + signal.SIGPIPE
@@ -394,9 +396,7 @@ def _main(argv):
     except SystemExit as e:          # --help / --version
         return e.code if isinstance(e.code, int) else 0
     try:
-        status = int(args.func(args) or 0)
-        sys.stdout.flush()
-        return status
+        return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
         files.remove_live()
         terminated = isinstance(e, Terminated)
