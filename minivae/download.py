@@ -113,8 +113,7 @@ class DownloadError(RuntimeError):
             if full:
                 what = "; ".join(f"{src}: {why}" for src, why in tries) or "no mirrors to try"
             else:
-                whys = list(dict.fromkeys(_short(why.split(" (tried ")[0], 60)
-                                          for _, why in tries))
+                whys = list(dict.fromkeys(_brief(why) for _, why in tries))
                 what = (f"{len(tries)} source(s) failed: {'; '.join(whys[:3])}"
                         f"{f'; {len(whys) - 3} more reasons' if len(whys) > 3 else ''}"
                         if tries else "no mirrors to try")
@@ -321,6 +320,11 @@ def _short(e, width=160):
     return text if len(text) < width else text[:width - 3] + "..."
 
 
+def _brief(why):
+    """A failure's reason for a one-line summary: without the list of URLs tried, shortened."""
+    return _short(why.split(" (tried ")[0], 90)
+
+
 def _fetch_local(src, tmp, bar):
     try:
         f = open(src, "rb")
@@ -437,7 +441,7 @@ def ensure(dataset, fnames, root, mirror_list, progress, timeout, retries, backo
                 break
             tries += _summarize(mirror, reasons)
             if progress:
-                _note(f"{dataset}/{fname}: {mirror} failed: {tries[-1][1]}")
+                _note(f"{dataset}/{fname}: {mirror} failed: {_brief(tries[-1][1])}")
         else:
             failures[fname] = tries
 
