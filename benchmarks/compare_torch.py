@@ -590,7 +590,7 @@ def run_cli(args):
                  gemm_size=args.gemm_size, threads=args.threads, warm_heap=not args.cold_heap,
                  log=log)
     if args.backend == "auto":
-        log(f"minivae: backend auto -> {report['backend']}")
+        log(f"minivae: backend: {report['backend']}")
     if args.json:
         print(json.dumps(report, indent=2))
     elif args.markdown:
@@ -604,9 +604,9 @@ def main(argv=None):
     parser = Parser(prog="compare_torch.py", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.no_torch or not torch_available():
+    if not args.no_torch and not torch_available():
         print("compare_torch.py: error: PyTorch is not importable (pip install torch); "
-              "`minivae bench` times minivae alone", file=sys.stderr)
+              "--no-torch or `minivae bench` times minivae alone", file=sys.stderr)
         return 1
     return run_cli(args)
 
