@@ -6,7 +6,9 @@
 
 Any problem the user can fix ends with one line on stderr, `minivae: error: ...`, and exit
 status 1 (2 for a malformed command line); never with a traceback (set MINIVAE_DEBUG=1 to see
-one anyway).
+one anyway). Ctrl-C and SIGTERM end a command with one line, `minivae: interrupted`, and status
+130 / 143, after removing the files being written; a closed stdout ends a short command quietly
+with status 141, as SIGPIPE would (training carries on: minivae.progress.say).
 """
 
 import argparse
