@@ -2,7 +2,8 @@
 
 A run lives in one folder (``--out``)::
 
-    config.json              the settings the run was started with
+    config.json              the settings the run was started with (a longer resumed run
+                             raises its epochs)
     original.png             the fixed sample_size x sample_size grid of training inputs
     epoch_<N>.png            their reconstructions after epoch N
     samples_<N>.png          decodes of a fixed set of draws from the prior N(0, I)
@@ -206,7 +207,7 @@ def _restore_newest(out, cfg, xp, warn):
         except ResumeMismatch:
             raise
         except TrainError as e:
-            warn(f"minivae: warning: skipping {path}: {e}")
+            warn(f"minivae: warning: {e}; trying the checkpoint before it")
     return (None, *_fresh(cfg, xp))
 
 
