@@ -384,6 +384,7 @@ def run(models=tuple(MODELS), backend="numpy", dtype="float32", batch_size=None,
         warm_heap=True, log=None):
     """The whole benchmark: machine info, matmul throughput, one result per model."""
     xp = get_backend(backend)
+    asked_torch = with_torch     # bench_model says why PyTorch is skipped: --no-torch or absent
     with_torch = with_torch and torch_available()
     if with_torch:
         import torch  # noqa: F401  (so that set_threads reaches it)
@@ -407,7 +408,7 @@ def run(models=tuple(MODELS), backend="numpy", dtype="float32", batch_size=None,
             log(f"  {name}: timing {steps} steps per implementation in "
                 f"{len(_split(steps, repeats))} interleaved blocks ...")
         spec = dict(model=name, backend=backend, dtype=dtype, batch_size=batch_size,
-                    steps=steps, warmup=warmup, repeats=repeats, with_torch=with_torch,
+                    steps=steps, warmup=warmup, repeats=repeats, with_torch=asked_torch,
                     threads=threads, warm_heap=warm_heap)
         result = in_fresh_interpreter("_timing_main", spec, timeout=3600, module=MODULE)
         if memory:
@@ -589,7 +590,7 @@ def run_cli(args):
                  gemm_size=args.gemm_size, threads=args.threads, warm_heap=not args.cold_heap,
                  log=log)
     if args.backend == "auto":
-        log(f"minivae: backend auto -> {report['backend']}")
+        log(f"minivae: backend: {report['backend']}")
     if args.json:
         print(json.dumps(report, indent=2))
     elif args.markdown:
@@ -603,9 +604,9 @@ def main(argv=None):
     parser = Parser(prog="compare_torch.py", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.no_torch or not torch_available():
+    if not args.no_torch and not torch_available():
         print("compare_torch.py: error: PyTorch is not importable (pip install torch); "
-              "`minivae bench` times minivae alone", file=sys.stderr)
+              "--no-torch or `minivae bench` times minivae alone", file=sys.stderr)
         return 1
     return run_cli(args)
 

@@ -112,17 +112,32 @@ class Checkpoint:
         self.optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
 
     def restore(self, model, opt=None, data_rng=None):
-        """Load parameters (and optimizer / RNG states) into freshly built objects."""
+        """Load parameters (and optimizer / RNG states) into freshly built objects; TrainError
+        naming what is missing or misshapen when the checkpoint does not fit them."""
         xp = model.xp
-        if list(self.params) != list(model.params.keys()):
-            raise TrainError(f"checkpoint {self.path} does not match the model: it holds "
-                             f"{len(self.params)} parameters, the model has {len(model.params)}")
+        missing = [n for n in model.params if n not in self.params]
+        extra = [n for n in self.params if n not in model.params]
+        if missing or extra:
+            what = [f"missing parameter(s) {', '.join(missing)}"] if missing else []
+            what += [f"unknown parameter(s) {', '.join(extra)}"] if extra else []
+            raise TrainError(f"checkpoint {self.path} does not match the model: "
+                             f"{'; '.join(what)}")
         for name, p in model.params.items():
             saved = self.params[name]
             if saved.shape != p.shape:
                 raise TrainError(f"checkpoint {self.path}: parameter {name} has shape "
                                  f"{saved.shape}, the model expects {p.shape}")
-            p[...] = to_device(saved.astype(p.dtype), xp)
+        if opt is not None:
+            # Adam's sums M.<name> / V.<name>; checkpoints of the first format hold the means
+            # m.<name> / v.<name> instead (Adam.load_state_dict converts them).
+            old_name = {"M.": "m.", "V.": "v."}
+            missing = [k for k in opt.state_dict() if k not in self.optim
+                       and old_name.get(k[:2], "") + k[2:] not in self.optim]
+            if missing:
+                raise TrainError(f"checkpoint {self.path}: optimizer state lacks "
+                                 f"{', '.join(missing)}")
+        for name, p in model.params.items():
+            p[...] = to_device(self.params[name].astype(p.dtype), xp)
         model.rng.bit_generator.state = self.rng_model
         if opt is not None:
             state = {k: (v.item() if v.ndim == 0 else to_device(v, xp))
@@ -141,20 +156,41 @@ def describe(e):
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def latest_checkpoint(out, warn=None):
-    """The newest checkpoint in `out` that reads back completely, or None."""
-    for epoch, path in reversed(list_checkpoints(out)):
-        try:
-            return Checkpoint(path)
-        except TrainError as e:
-            if warn:
-                warn(f"minivae: warning: skipping {path}: {e}")
-    return None
+def read_config(out):
+    """The settings in out/config.json, or None when there is no readable one."""
+    try:
+        cfg = json.loads((Path(out) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def prune_checkpoints(out, keep):
+    """Delete all but the newest `keep` checkpoints of run folder `out` (keep None: keep all)."""
+    if keep is None:
+        return
+    for epoch, path in list_checkpoints(out)[:-keep]:
+        files.remove(path)
+
+
+def remove_stale_temporaries(out, warn=None):
+    """Remove what killed processes left half-written in run folder `out` (see minivae.files)."""
+    out = Path(out)
+    removed = files.remove_stale(out) + files.remove_stale(out / "checkpoints")
+    if removed and warn:
+        warn(f"minivae: removed {len(removed)} stale temporary file(s) of an interrupted run "
+             f"from {out}: {', '.join(removed)}")
+    return removed
 
 
 def prepare_out(out):
-    """Create the run folder (and checkpoints/) and make sure files can be written there."""
+    """Create the run folder (and checkpoints/) and make sure files can be written there.
+
+    Returns the folders it created, outermost first, for `remove_created` to take back when the
+    run cannot start."""
     out = Path(out)
+    created = [p for p in (*reversed((out / "checkpoints").parents), out / "checkpoints")
+               if not p.exists()]
     try:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -163,4 +199,13 @@ def prepare_out(out):
     except OSError as e:
         raise TrainError(f"cannot write to output folder {out}: {e.strerror or describe(e)}") \
             from None
-    return out
+    return created
+
+
+def remove_created(created):
+    """Remove the folders prepare_out created, as far as they are still empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return

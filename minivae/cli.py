@@ -6,22 +6,28 @@
 
 Any problem the user can fix ends with one line on stderr, `minivae: error: ...`, and exit
 status 1 (2 for a malformed command line); never with a traceback (set MINIVAE_DEBUG=1 to see
-one anyway).
+one anyway). Ctrl-C and SIGTERM end a command with one line, `minivae: interrupted`, and status
+130 / 143, after removing the files being written; a closed stdout ends a short command quietly
+with status 141, as SIGPIPE would (training carries on: minivae.progress.say).
 """
 
 import argparse
 import json
 import math
 import os
+import signal
 import sys
+from pathlib import Path
 
-from minivae import __version__, bench, gradcheck
+from minivae import __version__, bench, files, gradcheck
 from minivae.backend import BACKENDS, IMPLS, BackendError
-from minivae.config import DTYPES, TrainError, make_config
+from minivae.checkpoint import Checkpoint, list_checkpoints, read_config
+from minivae.config import DTYPES, TrainError, make_config, resume_settings
 from minivae.download import DATASETS, DownloadError, download, mirrors
 from minivae.evaluate import evaluate_run
 from minivae.idx import IDXError
 from minivae.models import MODELS
+from minivae.progress import say, silence_stdout
 from minivae.train import train
 from minivae.visualise import plot_run
 
@@ -62,13 +68,16 @@ non_negative_float = number(float, 0, "a non-negative number")
 
 def _backend_arg(p, default="auto"):
     p.add_argument("--backend", choices=BACKENDS, default=default,
-                   help="auto: CuPy when a GPU is usable, else NumPy (default: %(default)s)")
+                   help=f"auto: CuPy when a GPU is usable, else NumPy (default: "
+                        f"{default or 'auto'})")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say why --backend auto picked the backend it did")
 
 
-def _impl_arg(p):
-    p.add_argument("--impl", choices=IMPLS, default="auto",
+def _impl_arg(p, default="auto"):
+    p.add_argument("--impl", choices=IMPLS, default=default,
                    help="the engine's tier: plain (the readable one), fast (NumPy only), or auto: "
-                        "fast on NumPy, plain on CuPy (default: %(default)s)")
+                        "fast on NumPy, plain on CuPy (default: auto)")
 
 
 def _data_args(p):
@@ -111,12 +120,14 @@ def build_parser():
                                    "hidden 500, weight decay 0.01 on the decoder; conv -> "
                                    "fashion-mnist, 10 epochs, lr 1e-4, batch 64 (full batches "
                                    "only), latent 10, hidden 256, weight decay 0.01 on everything.")
-    p.add_argument("--model", choices=tuple(MODELS), default="mlp",
-                   help="mlp (seed 000) or conv (seed 001) (default: %(default)s)")
+    # Every setting defaults to None ("not given"): --resume takes the run's own settings for
+    # those, and checks the given ones against them.
+    p.add_argument("--model", choices=tuple(MODELS),
+                   help="mlp (seed 000) or conv (seed 001) (default: mlp)")
     p.add_argument("--dataset", choices=tuple(DATASETS),
                    help="default: mnist for mlp, fashion-mnist for conv")
-    _backend_arg(p)
-    _impl_arg(p)
+    _backend_arg(p, default=None)
+    _impl_arg(p, default=None)
     p.add_argument("--epochs", type=positive_int, help="number of epochs to train up to")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float, help="Adam learning rate")
@@ -132,13 +143,17 @@ def build_parser():
     p.add_argument("--limit", type=positive_int, metavar="N",
                    help="use only the first N training and N test images (quick runs)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint in --out")
+                   help="continue the run in --out from its newest complete checkpoint, with the "
+                        "settings in its config.json (flags given again must agree with them, "
+                        "except --epochs, which may extend the run)")
+    p.add_argument("--keep-checkpoints", type=positive_int, metavar="K",
+                   help="keep only the newest K checkpoints (default: all)")
     p.add_argument("--sample-size", type=positive_int, metavar="S",
                    help="original.png / epoch_<N>.png / samples_<N>.png are S x S grids "
                         "(default 10)")
     p.add_argument("--log-every", type=positive_int, metavar="STEPS",
                    help="TensorBoard logging interval in steps (default 10)")
-    p.add_argument("--tensorboard", action="store_true",
+    p.add_argument("--tensorboard", action="store_true", default=None,
                    help="write TensorBoard scalars to <out>/tensorboard (needs tensorboardX)")
     p.add_argument("--dtype", choices=DTYPES, help="default: float32")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -204,34 +219,74 @@ def _err(msg):
 
 
 def cmd_train(args):
-    cfg = make_config(args.model, dataset=args.dataset, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, beta=args.beta,
-                      weight_decay=args.weight_decay, latent_dim=args.latent_dim,
-                      hidden_dim=args.hidden_dim, seed=args.seed, out=args.out,
-                      data_dir=args.data_dir, mirrors=args.mirror, limit=args.limit,
-                      download=not args.no_download,
-                      sample_size=args.sample_size, log_every=args.log_every,
-                      tensorboard=args.tensorboard, dtype=args.dtype, backend=args.backend,
-                        impl=args.impl)
-    train(cfg, resume=args.resume, progress=not args.no_progress)
-    print(f"minivae: run folder {cfg['out']}")
+    settings = make_config()      # the names of the settings; flags not given are None
+    given = {key: value for key, value in vars(args).items()
+             if key in settings and value is not None}
+    if args.mirror:
+        given["mirrors"] = args.mirror
+    if args.no_download:
+        given["download"] = False
+    cfg = _resume_config(given) if args.resume else make_config(**given)
+    args.run_folder = cfg["out"]     # for the hint after an interruption or a full disk
+    train(cfg, resume=args.resume, progress=not args.no_progress, verbose=args.verbose)
+    say(f"minivae: run folder {cfg['out']}")
     return 0
+
+
+def _resume_config(given):
+    """The settings of `train --resume`: the run folder's own (its config.json, else its newest
+    checkpoint's), with the flags the user gave; see config.resume_settings."""
+    out = Path(make_config(**given)["out"])
+    given["out"] = str(out)
+    saved = read_config(out)
+    if saved is None and list_checkpoints(out):
+        try:
+            saved = Checkpoint(list_checkpoints(out)[-1][1]).config
+        except TrainError:
+            pass           # train() falls back to an older checkpoint and names the damage
+    if saved is None:
+        why = "does not exist" if not out.exists() else "holds no run (no config.json)"
+        if "model" not in given:
+            raise TrainError(f"cannot resume {out}: it {why}; check --out, or give --model (and "
+                             f"the run's other settings) to start the run afresh")
+        _err(f"minivae: {out} {why}; starting a new run with the settings given")
+        return make_config(**given)
+    known = make_config()
+    saved = {k: v for k, v in saved.items() if k in known}
+    return make_config(**resume_settings(saved, given, out))
 
 
 def cmd_download(args):
     names = tuple(DATASETS) if args.dataset == "all" else (args.dataset,)
-    for name in names:
-        path = download(name, data_dir=args.data_dir, mirrors=mirrors(name, extra=args.mirror),
-                        progress=True)
-        print(f"{name}: {path}")
-    return 0
+    failed = []
+    for name in names:           # every dataset is tried, whatever happened to the others
+        try:
+            path = download(name, data_dir=args.data_dir,
+                            mirrors=mirrors(name, extra=args.mirror), progress=True)
+        except DownloadError as e:
+            failed.append(e)
+            continue
+        say(f"{name}: {path}")
+    if not failed:
+        return 0
+    full = bool(os.environ.get("MINIVAE_DEBUG"))
+    for e in failed:
+        for line in e.lines(full=full):
+            _err(f"minivae: {line}")
+    count = sum(len(e.failures) for e in failed)
+    hints = [e.hint for e in failed if e.hint][:1]
+    if not full:
+        hints.append("MINIVAE_DEBUG=1 lists every source tried")
+    _err(f"minivae: error: {count} file(s) of {', '.join(e.dataset for e in failed)} could not "
+         f"be downloaded ({'; '.join(hints)})")
+    return 1
 
 
 def cmd_evaluate(args):
     r = evaluate_run(args.run, epoch=args.epoch, iw_samples=args.iw_samples,
                      backend=args.backend, limit=args.limit, data_dir=args.data_dir,
                      mirrors=args.mirror, download=False if args.no_download else None,
-                     log=_err, progress=True)
+                     log=_err, progress=True, verbose=args.verbose)
     print(f"{r['model']} VAE, epoch {r['epoch']}, {r['images']} {r['dataset']} test images, "
           f"backend {r['backend']}")
     print(f"negative ELBO          {r['neg_elbo']:10.4f} nats/image  (mean over the "
@@ -243,7 +298,8 @@ def cmd_evaluate(args):
 def cmd_plot(args):
     files = plot_run(args.run, epoch=args.epoch, backend=args.backend, data_dir=args.data_dir,
                      mirrors=args.mirror, limit=args.limit,
-                     download=False if args.no_download else None, log=print, warn=_err)
+                     download=False if args.no_download else None, log=print, warn=_err,
+                     verbose=args.verbose)
     shown = [f.name for f in files if not f.name.startswith(("test-image-", "reconstruction-"))]
     print(f"minivae: wrote {', '.join(shown)} and test-image-<i>.png / reconstruction-<i>.png "
           f"in {args.run}")
@@ -256,7 +312,7 @@ def cmd_bench(args):
                        batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
                        gemm_size=args.gemm_size, threads=args.threads, log=_err)
     if args.backend == "auto":
-        _err(f"minivae: backend auto -> {report['backend']}")
+        _err(f"minivae: backend: {report['backend']}")
     print(json.dumps(report, indent=2) if args.json else bench.format_text(report))
     return 0
 
@@ -274,9 +330,12 @@ def _one_line(e):
 
 def _error_message(e):
     """The one line that describes exception e to the user."""
-    lines = str(e).strip().splitlines()
-    if isinstance(e, DownloadError) and len(lines) > 1:   # one line per failed file
-        return f"{lines[0]} (and {len(lines) - 1} more file(s) failed)"
+    if isinstance(e, DownloadError):
+        first = e.lines()[0]
+        more = f" (and {len(e.failures) - 1} more file(s) failed)" if len(e.failures) > 1 else ""
+        return first + more + (f"; {e.hint}" if e.hint else "")
+    if isinstance(e, files.DiskFull):
+        return str(e)
     if isinstance(e, OSError) and e.filename and e.strerror:
         return f"{e.filename}: {e.strerror}"
     if isinstance(e, KNOWN_ERRORS + (OSError, ValueError)):
@@ -290,8 +349,46 @@ def _error_message(e):
             f"(set MINIVAE_DEBUG=1 for the traceback)")
 
 
+def _resume_hint(args, when=""):
+    """How an interrupted or failed training run continues (empty for other commands)."""
+    run = getattr(args, "run_folder", None)
+    if run is None:
+        return ""
+    found = list_checkpoints(run)
+    if not found:
+        return "; no checkpoint was written yet"
+    return f"; {when}`minivae train --resume --out {run}` continues after epoch {found[-1][0]}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a job scheduler sends), raised where the program is, so that it unwinds
+    and cleans up exactly as Ctrl-C does."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)     # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
 def main(argv=None):
     """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:            # not the main thread: leave signals alone
+        previous = None
+    try:
+        status = _main(argv)
+        sys.stdout.flush()        # a closed pipe shows here, not as a warning at exit
+        return status
+    except BrokenPipeError:       # stdout's reader has gone (`minivae ... | head`): end quietly
+        silence_stdout()
+        return 128 + signal.SIGPIPE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv):
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -302,13 +399,20 @@ def main(argv=None):
         return e.code if isinstance(e.code, int) else 0
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        _err(f"{PROG}: interrupted (a training run continues with --resume)")
-        return 130
+    except KeyboardInterrupt as e:
+        files.remove_live()
+        terminated = isinstance(e, Terminated)
+        _err(f"{PROG}: interrupted{' (SIGTERM)' if terminated else ''}{_resume_hint(args)}")
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    except BrokenPipeError:
+        raise
     except Exception as e:
+        files.remove_live()
         if os.environ.get("MINIVAE_DEBUG"):
             raise
-        _err(f"{PROG}: error: {_error_message(e)}")
+        hint = _resume_hint(args, "once there is space, ") if isinstance(e, files.DiskFull) \
+            else ""
+        _err(f"{PROG}: error: {_error_message(e)}{hint}")
         return 1
 
 

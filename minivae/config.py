@@ -49,6 +49,7 @@ def make_config(model="mlp", **settings):
     cfg = dict(model=model, **MODEL_DEFAULTS[model], seed=0, limit=None, dtype="float32",
                backend="auto", impl="auto", out=None, data_dir=None, mirrors=[], download=True,
                log_every=10, tensorboard=False)
+    cfg["keep_checkpoints"] = None     # None: keep every checkpoint
     for key, value in settings.items():
         if key not in cfg:
             raise TypeError(f"make_config: unknown setting {key!r}")
@@ -73,7 +74,7 @@ def check_config(cfg):
         if v is None and allow_none:
             return
         if not is_int(v) or v < 1:
-            raise TrainError(f"--{key.replace('_', '-')} must be a positive integer, got {v!r}")
+            raise TrainError(f"{flag(key)} must be a positive integer, got {v!r}")
 
     def one_of(key, choices, what):
         if cfg[key] not in choices:
@@ -84,6 +85,7 @@ def check_config(cfg):
     for key in ("epochs", "batch_size", "latent_dim", "sample_size", "log_every"):
         positive_int(key)
     positive_int("limit", allow_none=True)
+    positive_int("keep_checkpoints", allow_none=True)
     positive_int("hidden_dim")
     lr = cfg["lr"]
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
@@ -107,15 +109,33 @@ def layout(cfg):
     return 0, True, False          # flat 784-vectors, last partial batch kept
 
 
-def resolve_backend(name, log=None):
-    """The array module for `name`; for 'auto', say which one was picked and why."""
+def resolve_backend(name, log=None, verbose=False):
+    """The array module for `name`; for 'auto', say in a few words which one was picked (and,
+    when verbose, why)."""
     xp = get_backend(name)
     if name == "auto" and log is not None:
-        if backend_name(xp) == "cupy":
-            log("minivae: backend auto -> cupy (a usable GPU was found)")
-        else:
-            log(f"minivae: backend auto -> numpy (no usable GPU: {cupy_status()[1]})")
+        picked = backend_name(xp)
+        why = "a usable GPU was found" if picked == "cupy" else f"no usable GPU: {cupy_status()[1]}"
+        log(f"minivae: backend: {picked}" + (f" (auto: {why})" if verbose else ""))
     return xp
+
+
+def flag(key):
+    """The command-line flag of setting `key`: batch_size -> --batch-size."""
+    return "--" + key.replace("_", "-")
+
+
+def resume_settings(saved, given, out):
+    """The settings of resuming run folder `out`: those it was trained with (`saved`, from its
+    config.json), where the command line (`given`: only the settings the user typed) may change
+    how the run is carried out (backend, data source, ...) and raise --epochs, but must agree
+    on everything that defines the computation (FIXED_ON_RESUME)."""
+    for key in FIXED_ON_RESUME:
+        if key in given and key in saved and given[key] != saved[key]:
+            raise TrainError(f"cannot resume {out}: it was trained with {flag(key)} "
+                             f"{saved[key]}, the command line says {flag(key)} {given[key]} "
+                             f"(leave {flag(key)} out to continue with the run's setting)")
+    return {**saved, **given}
 
 
 def model_for(cfg, xp):

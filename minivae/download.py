@@ -92,17 +92,33 @@ USER_AGENT = "minivae (+https://github.com/; dataset downloader)"
 
 
 class DownloadError(RuntimeError):
-    """No source worked for some files. str() has one line per failed file; .failures has the
-    details as {file name: [(source, reason), ...]}."""
+    """No source worked for some files. str() has one line per failed file, every source and
+    its reason in full; .failures has the details as {file name: [(source, reason), ...]};
+    `lines(full=False)` is the short form, and .hint what the user can do about it."""
 
-    def __init__(self, dataset, failures):
+    def __init__(self, dataset, failures, folder=None):
         self.dataset = dataset
         self.failures = failures
+        self.hint = None
+        if any("checksum mismatch" in why for tries in failures.values() for _, why in tries):
+            where = f"put them in {folder}" if folder else "put them in the data folder"
+            self.hint = f"to use your own copies of the files, {where} and pass --no-download"
+        super().__init__("\n".join(self.lines(full=True)))
+
+    def lines(self, full=False):
+        """One line per failed file: every source and its reason (full), or else how many
+        sources failed and their distinct reasons, shortened."""
         lines = []
-        for fname, tries in failures.items():
-            what = "; ".join(f"{src}: {why}" for src, why in tries) or "no mirrors to try"
-            lines.append(f"{dataset}/{fname}: {what}")
-        super().__init__("\n".join(lines))
+        for fname, tries in self.failures.items():
+            if full:
+                what = "; ".join(f"{src}: {why}" for src, why in tries) or "no mirrors to try"
+            else:
+                whys = list(dict.fromkeys(_brief(why) for _, why in tries))
+                what = (f"{len(tries)} source(s) failed: {'; '.join(whys[:3])}"
+                        f"{f'; {len(whys) - 3} more reasons' if len(whys) > 3 else ''}"
+                        if tries else "no mirrors to try")
+            lines.append(f"{self.dataset}/{fname}: {what}")
+        return lines
 
 
 def check_dataset(dataset):
@@ -299,22 +315,34 @@ def _fetch_http(session, url, tmp, spec, timeout, bar):
         raise _Fail(f"transfer failed ({_short(e)})", retry=True) from None
 
 
-def _short(e):
+def _short(e, width=160):
     text = str(e)
-    return text if len(text) < 160 else text[:157] + "..."
+    return text if len(text) < width else text[:width - 3] + "..."
+
+
+def _brief(why):
+    """A failure's reason for a one-line summary: without the list of URLs tried, shortened."""
+    return _short(why.split(" (tried ")[0], 90)
 
 
 def _fetch_local(src, tmp, bar):
     try:
-        with open(src, "rb") as f:
-            bar.reset(total=os.fstat(f.fileno()).st_size)
-            while chunk := f.read(1 << 20):
-                tmp.write(chunk)
-                bar.update(len(chunk))
+        f = open(src, "rb")
     except FileNotFoundError:
         raise _Fail("not found", missing=True) from None
     except OSError as e:
         raise _Fail(f"cannot read ({e.strerror or e})") from None
+    with f:
+        bar.reset(total=os.fstat(f.fileno()).st_size)
+        while True:
+            try:
+                chunk = f.read(1 << 20)
+            except OSError as e:
+                raise _Fail(f"cannot read ({e.strerror or e})") from None
+            if not chunk:
+                break
+            tmp.write(chunk)      # a write error (a full disk) is not the source's fault
+            bar.update(len(chunk))
 
 
 def _try_source(src, folder, fname, spec, session, timeout, progress, desc):
@@ -322,7 +350,9 @@ def _try_source(src, folder, fname, spec, session, timeout, progress, desc):
     if src.startswith("file://"):
         src = unquote(urlsplit(src).path)
     try:
-        target = files.Replacing(folder / fname, part=True)
+        target = files.Replacing(folder / fname, part=True, expected=spec.get("size"))
+    except files.DiskFull:
+        raise
     except OSError as e:
         raise _Fail(f"cannot write into the cache folder {folder} ({e.strerror or e})") from None
     with target as f:       # renamed onto folder/fname only if no _Fail leaves this block
@@ -358,6 +388,10 @@ def ensure(dataset, fnames, root, mirror_list, progress, timeout, retries, backo
     info = check_dataset(dataset)
     folder = _cache_root(root) / dataset
     folder.mkdir(parents=True, exist_ok=True)
+    removed = files.remove_stale(folder)
+    if removed:
+        _note(f"minivae: removed {len(removed)} stale partial download(s) of an interrupted "
+              f"process from {folder}: {', '.join(removed)}")
     if mirror_list is None:
         mirror_list = mirrors(dataset)
     elif isinstance(mirror_list, (str, os.PathLike)):
@@ -407,7 +441,7 @@ def ensure(dataset, fnames, root, mirror_list, progress, timeout, retries, backo
                 break
             tries += _summarize(mirror, reasons)
             if progress:
-                _note(f"{dataset}/{fname}: {mirror} failed: {tries[-1][1]}")
+                _note(f"{dataset}/{fname}: {mirror} failed: {_brief(tries[-1][1])}")
         else:
             failures[fname] = tries
 
@@ -416,7 +450,7 @@ def ensure(dataset, fnames, root, mirror_list, progress, timeout, retries, backo
     if session is not None:
         session.close()
     if failures:
-        raise DownloadError(dataset, failures)
+        raise DownloadError(dataset, failures, folder)
     return folder
 
 

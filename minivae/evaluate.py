@@ -61,7 +61,7 @@ def test_neg_elbo(model, images, cfg, epoch, batch_size=EVAL_BATCH):
     return total / n
 
 
-def load_run(run_dir, epoch=None, backend="auto", log=None):
+def load_run(run_dir, epoch=None, backend="auto", log=None, verbose=False):
     """(model, cfg, checkpoint) for run_dir's checkpoint `epoch` (default: the newest)."""
     run = Path(run_dir)
     if not run.exists():
@@ -86,7 +86,7 @@ def load_run(run_dir, epoch=None, backend="auto", log=None):
         cfg = make_config(**ckpt.config)
     except (TrainError, TypeError) as e:
         raise TrainError(f"checkpoint {path} holds an unusable config: {e}") from None
-    model = model_for(cfg, resolve_backend(backend, log=log))
+    model = model_for(cfg, resolve_backend(backend, log=log, verbose=verbose))
     ckpt.restore(model)
     return model, cfg, ckpt
 
@@ -144,9 +144,9 @@ def evaluate(model, images, cfg, iw_samples=100, batch_size=None, seed_stream=ST
 
 
 def evaluate_run(run_dir, epoch=None, iw_samples=100, backend="auto", limit=None, data_dir=None,
-                 mirrors=None, download=None, log=None, progress=False):
+                 mirrors=None, download=None, log=None, progress=False, verbose=False):
     """`minivae evaluate`: the test -ELBO and IWAE -log p(x) of a saved run's checkpoint."""
-    model, cfg, ckpt = load_run(run_dir, epoch, backend, log=log)
+    model, cfg, ckpt = load_run(run_dir, epoch, backend, log=log, verbose=verbose)
     data_overrides(cfg, data_dir, mirrors, download)
     test_x, _ = load_split(cfg, "test", limit if limit is not None else cfg["limit"])
     with np.errstate(all="ignore"):

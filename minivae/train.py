@@ -2,7 +2,8 @@
 
 A run lives in one folder (``--out``)::
 
-    config.json              the settings the run was started with
+    config.json              the settings the run was started with (a longer resumed run
+                             raises its epochs)
     original.png             the fixed sample_size x sample_size grid of training inputs
     epoch_<N>.png            their reconstructions after epoch N
     samples_<N>.png          decodes of a fixed set of draws from the prior N(0, I)
@@ -40,14 +41,16 @@ import numpy as np
 
 from minivae import data, plots
 from minivae.backend import to_host
-from minivae.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, prepare_out,
-                                save_checkpoint, write_config, write_metrics)
+from minivae.checkpoint import (Checkpoint, checkpoint_path, list_checkpoints, prepare_out,
+                                prune_checkpoints, read_config, remove_created,
+                                remove_stale_temporaries, save_checkpoint, write_config,
+                                write_metrics)
 from minivae.config import (FIXED_ON_RESUME, STREAM_DATA, STREAM_GRID, STREAM_RECON,
-                            STREAM_SAMPLES, TrainError, check_config, layout, load_split,
+                            STREAM_SAMPLES, TrainError, check_config, flag, layout, load_split,
                             model_for, resolve_backend, stream_rng)
 from minivae.evaluate import decode_probs, noise, reconstruct, test_neg_elbo
 from minivae.optim import Adam
-from minivae.progress import bar as progress_bar
+from minivae.progress import bar as progress_bar, say as _say
 
 
 class NonFiniteLossError(TrainError):
@@ -60,25 +63,24 @@ def params_finite(model):
     return all(bool(xp.isfinite(p).all()) for p in model.params.values())
 
 
-def _say(msg):
-    print(msg, flush=True)
-
-
 def _warn(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=None):
+def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=None,
+          verbose=False):
     """Train as `cfg` says (see make_config), writing the run folder; returns the metrics rows.
 
-    resume:   continue from the newest complete checkpoint in cfg["out"] (start afresh if none).
+    resume:   continue from the newest checkpoint in cfg["out"] that restores cleanly (damaged
+              newer ones are skipped with a warning); start afresh if there is none.
     callback: called as callback(epoch, step, terms) after every optimizer step (tests use it to
               interrupt a run part-way through an epoch).
+    verbose:  say why --backend auto picked the backend it did.
     """
     cfg = dict(cfg)
     check_config(cfg)
     out = Path(cfg["out"])
-    xp = resolve_backend(cfg["backend"], log=warn)
+    xp = resolve_backend(cfg["backend"], log=warn, verbose=verbose)
     if cfg["tensorboard"]:
         try:
             from tensorboardX import SummaryWriter
@@ -88,40 +90,33 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
                 from None
     if out.exists() and not out.is_dir():
         raise TrainError(f"cannot write to output folder {out}: it exists and is not a folder")
-
-    ckpt = None
-    if resume:
-        ckpt = latest_checkpoint(out, warn=warn) if out.is_dir() else None
-        if ckpt is None:
-            log(f"minivae: no complete checkpoint in {out}; starting from epoch 1")
-        else:
-            saved = ckpt.config
-            for key in FIXED_ON_RESUME:
-                if saved.get(key) != cfg.get(key):
-                    raise TrainError(f"cannot resume {out}: it was trained with {key}="
-                                     f"{saved.get(key)!r}, now {key}={cfg.get(key)!r}")
-    elif list_checkpoints(out):
+    if not resume and list_checkpoints(out):
         raise TrainError(f"{out} already holds a run (checkpoints/model-*.npz); pass --resume to "
                          f"continue it, or choose another --out")
-    prepare_out(out)
-    if cfg["data_dir"] is not None:
-        cfg["data_dir"] = str(Path(cfg["data_dir"]).resolve())
+    existed = out.is_dir()
+    if existed:
+        remove_stale_temporaries(out, warn)
 
-    train_x, _ = load_split(cfg, "train", cfg["limit"], progress)
-    test_x, _ = load_split(cfg, "test", cfg["limit"], progress)
-    pad, flatten, drop_last = layout(cfg)
-    steps_per_epoch = data.num_batches(len(train_x), cfg["batch_size"], drop_last)
-    if steps_per_epoch == 0:
-        raise TrainError(f"{len(train_x)} training images make no full batch of {cfg['batch_size']}"
-                         f" (the {cfg['model']} model uses full batches only); lower --batch-size "
-                         f"or raise --limit")
+    created = prepare_out(out)
+    try:     # a run that cannot start leaves no empty run folder behind
+        if cfg["data_dir"] is not None:
+            cfg["data_dir"] = str(Path(cfg["data_dir"]).resolve())
+        train_x, _ = load_split(cfg, "train", cfg["limit"], progress)
+        test_x, _ = load_split(cfg, "test", cfg["limit"], progress)
+        pad, flatten, drop_last = layout(cfg)
+        steps_per_epoch = data.num_batches(len(train_x), cfg["batch_size"], drop_last)
+        if steps_per_epoch == 0:
+            raise TrainError(f"{len(train_x)} training images make no full batch of "
+                             f"{cfg['batch_size']} (the {cfg['model']} model uses full batches "
+                             f"only); lower --batch-size or raise --limit")
+        ckpt, model, opt, data_rng = _restore_newest(out, cfg, xp, warn) if resume else \
+            (None, *_fresh(cfg, xp))
+    except BaseException:
+        remove_created(created)
+        raise
 
-    model = model_for(cfg, xp)
-    opt = Adam(model, lr=cfg["lr"])
-    data_rng = stream_rng(cfg["seed"], STREAM_DATA)
     history, first_epoch = [], 1
     if ckpt is not None:
-        ckpt.restore(model, opt, data_rng)
         history = [r for r in ckpt.metrics if r["epoch"] <= ckpt.epoch]
         first_epoch = ckpt.epoch + 1
         if ckpt.epoch >= cfg["epochs"]:
@@ -130,8 +125,15 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
         else:
             log(f"minivae: resuming {out} from {ckpt.path.name} (epoch {ckpt.epoch} of "
                 f"{cfg['epochs']})")
-
-    write_config(out, cfg)
+        # config.json keeps the settings the run was trained with; only a longer run raises
+        # its --epochs.
+        saved = read_config(out) or ckpt.config
+        if cfg["epochs"] > saved.get("epochs", 0):
+            write_config(out, dict(saved, epochs=cfg["epochs"]))
+    else:
+        if resume and existed:
+            warn(f"minivae: no usable checkpoint in {out}; starting from epoch 1")
+        write_config(out, cfg)
     write_metrics(out / "metrics.csv", history)   # drops rows of epochs lost to an interruption
     if history:
         plots.loss_curves(out / "loss.png", history)
@@ -159,11 +161,13 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
             if not math.isfinite(row["test_neg_elbo"]):
                 raise NonFiniteLossError(_nonfinite_msg(epoch, steps_per_epoch, "test -ELBO",
                                                         epoch - 1, out))
+            history.append(row)
+            # The checkpoint first: the run folder never shows an epoch it cannot resume from.
+            save_checkpoint(out, epoch, model, opt, data_rng, cfg, history)
+            prune_checkpoints(out, cfg["keep_checkpoints"])
             plots.save_grid(out / f"epoch_{epoch}.png", reconstruct(model, grid_x, grid_eps),
                             ncol=s)
             plots.save_grid(out / f"samples_{epoch}.png", decode_probs(model, prior_z), ncol=s)
-            history.append(row)
-            save_checkpoint(out, epoch, model, opt, data_rng, cfg, history)
             write_metrics(out / "metrics.csv", history)
             plots.loss_curves(out / "loss.png", history)
             if writer is not None:
@@ -176,6 +180,39 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
         if writer is not None:
             writer.close()
     return history
+
+
+def _fresh(cfg, xp):
+    """(model, optimizer, data generator) as a new run starts them."""
+    model = model_for(cfg, xp)
+    return model, Adam(model, lr=cfg["lr"]), stream_rng(cfg["seed"], STREAM_DATA)
+
+
+def _restore_newest(out, cfg, xp, warn):
+    """(checkpoint, model, optimizer, data generator) restored from the newest checkpoint in
+    `out` that reads back and fits the model; damaged newer ones are skipped with a warning.
+    The checkpoint is None (and the objects fresh) when there is none. A checkpoint trained
+    with other settings is an error, not damage."""
+    for epoch, path in reversed(list_checkpoints(out)):
+        try:
+            ckpt = Checkpoint(path)
+            saved = ckpt.config
+            for key in FIXED_ON_RESUME:
+                if saved.get(key) != cfg.get(key):
+                    raise ResumeMismatch(f"cannot resume {out}: it was trained with {flag(key)} "
+                                         f"{saved.get(key)}, now {flag(key)} {cfg.get(key)}")
+            model, opt, data_rng = _fresh(cfg, xp)
+            ckpt.restore(model, opt, data_rng)
+            return ckpt, model, opt, data_rng
+        except ResumeMismatch:
+            raise
+        except TrainError as e:
+            warn(f"minivae: warning: {e}; trying the checkpoint before it")
+    return (None, *_fresh(cfg, xp))
+
+
+class ResumeMismatch(TrainError):
+    """--resume with settings that differ from the run's: the message names the flag."""
 
 
 def _nonfinite_msg(epoch, step, what, last_good, out):

@@ -21,9 +21,9 @@ from minivae.plots import (CLASS_NAMES, as_square_images, latent_scatter, manifo
 
 
 def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, mirrors=None,
-             download=None, limit=None, log=print, warn=None):
+             download=None, limit=None, log=print, warn=None, verbose=False):
     """Write the pictures listed above into run_dir; returns the list of files written."""
-    model, cfg, ckpt = load_run(run_dir, epoch, backend, log=warn)
+    model, cfg, ckpt = load_run(run_dir, epoch, backend, log=warn, verbose=verbose)
     data_overrides(cfg, data_dir, mirrors, download)
     images, labels = load_split(cfg, "test", limit if limit is not None else cfg["limit"])
     pad, flatten, _ = layout(cfg)

@@ -188,3 +188,14 @@ def test_peak_memory_script_short_run(real_data_mirror, capsys):
     for r in report["runs"].values():
         assert r["peak_rss"] > r["rss_after_imports"] > 0
         assert r["workload_rss"] == r["peak_rss"] - r["rss_after_imports"]
+
+
+def test_pytorch_absent_is_not_called_no_torch(monkeypatch, tmp_path):
+    """Where PyTorch is simply not installed, the report says so (not "--no-torch")."""
+    (tmp_path / "torch.py").write_text("raise ImportError('no torch here')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))      # the timing subprocess: no PyTorch
+    monkeypatch.setattr(compare_torch, "torch_available", lambda: False)
+    report = compare_torch.run(("mlp",), steps=1, warmup=1, repeats=1, memory=False,
+                               gemm_size=64)
+    r = report["results"][0]
+    assert r["torch"] is None and r["torch_skipped"] == "PyTorch is not importable"

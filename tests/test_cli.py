@@ -1,11 +1,14 @@
 """The `minivae` command line: a whole session in-process, and every kind of bad input."""
 
+import gzip
+import http.server
 import io
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -14,7 +17,8 @@ import numpy as np
 import pytest
 
 from minivae import cli
-from minivae.checkpoint import CHECKPOINT_FORMAT
+from minivae import download as dl
+from minivae.checkpoint import CHECKPOINT_FORMAT, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "bin" / "minivae"
@@ -66,8 +70,15 @@ def test_auto_backend_says_what_it_picked(tmp_path, capsys, synthetic_data_dir):
                               tmp_path / "r", "--data-dir", synthetic_data_dir,
                               *[a if a != "numpy" else "auto" for a in TINY])
     assert rc == 0, err
-    assert "backend auto -> " in err
+    picked = err.splitlines()[0]
+    assert picked in ("minivae: backend: numpy", "minivae: backend: cupy"), err  # a few words
     assert "epoch 1/1: train loss" in stdout
+    # -v adds the reason for the choice
+    rc, stdout, err = minivae(capsys, "train", "--model", "mlp", "--epochs", "1", "--out",
+                              tmp_path / "v", "--data-dir", synthetic_data_dir, "-v",
+                              *[a if a != "numpy" else "auto" for a in TINY])
+    assert rc == 0, err
+    assert err.splitlines()[0].startswith(picked + " (auto: "), err
 
 
 def test_resume_flag(cli_run, tmp_path, capsys, synthetic_data_dir):
@@ -321,3 +332,164 @@ def test_a_broken_module_is_one_line_or_a_traceback_under_debug(tmp_path):
     p = subprocess.run([sys.executable, "-m", "minivae", "train", "--help"], capture_output=True,
                        text=True, timeout=120, env=dict(env, MINIVAE_DEBUG="1"), cwd=tmp_path)
     assert p.returncode != 0 and "Traceback" in p.stderr and "gradcheck.py" in p.stderr
+
+
+# -- resume asks for nothing twice ---------------------------------------------------------
+
+def test_resume_takes_the_runs_own_settings(cli_run, tmp_path, capsys, synthetic_data_dir):
+    out = tmp_path / "r"
+    assert minivae(capsys, "train", "--model", "mlp", "--epochs", "1", "--out", out,
+                   "--data-dir", synthetic_data_dir, *TINY)[0] == 0
+    config = (out / "config.json").read_text()
+    # Only --out and a longer --epochs: the rest comes from the run folder.
+    rc, stdout, err = minivae(capsys, "train", "--resume", "--out", out, "--epochs", "2",
+                              "--no-progress")
+    assert rc == 0, err
+    assert "resuming" in stdout
+    strip = lambda p: [l.rsplit(",", 1)[0] for l in p.read_text().splitlines()]  # noqa: E731
+    assert strip(out / "metrics.csv") == strip(cli_run / "metrics.csv")
+    assert (out / "config.json").read_text() == config.replace('"epochs": 1', '"epochs": 2')
+    # A no-op resume with fewer epochs leaves config.json as the run was trained.
+    rc, stdout, err = minivae(capsys, "train", "--resume", "--out", out, "--epochs", "1")
+    assert rc == 0 and "already trained to epoch 2" in stdout, err
+    assert '"epochs": 2' in (out / "config.json").read_text()
+    # Flags given again must agree, and the message names the flag.
+    for flag, value, saved in (("--lr", "0.01", "0.001"), ("--batch-size", "32", "64"),
+                               ("--model", "conv", "mlp")):
+        rc, _, err = minivae(capsys, "train", "--resume", "--out", out, flag, value)
+        assert_clean_error(rc, err, f"trained with {flag} {saved}", f"says {flag} {value}",
+                           status=1)
+    rc, _, err = minivae(capsys, "train", "--resume", "--out", out, "--batch-size", "64",
+                         "--epochs", "2", "--backend", "numpy")
+    assert rc == 0, err
+
+
+def test_resume_of_a_missing_run(tmp_path, capsys, synthetic_data_dir):
+    typo = tmp_path / "typo"
+    rc, _, err = minivae(capsys, "train", "--resume", "--out", typo, "--epochs", "3")
+    assert_clean_error(rc, err, f"cannot resume {typo}: it does not exist", "--model", status=1)
+    assert not typo.exists()
+    # A job scheduler's restart pattern: the same full command line every time.
+    rc, stdout, err = minivae(capsys, "train", "--resume", "--out", typo, "--model", "mlp",
+                              "--epochs", "1", "--data-dir", synthetic_data_dir, *TINY)
+    assert rc == 0, err
+    assert f"{typo} does not exist; starting a new run" in err
+    assert [e for e, _ in list_checkpoints(typo)] == [1]
+
+
+def test_keep_checkpoints(tmp_path, capsys, synthetic_data_dir):
+    out = tmp_path / "r"
+    common = ["--out", out, "--data-dir", synthetic_data_dir, *TINY]
+    assert minivae(capsys, "train", "--model", "mlp", "--epochs", "3", "--keep-checkpoints", "2",
+                   *common)[0] == 0
+    assert [e for e, _ in list_checkpoints(out)] == [2, 3]
+    assert minivae(capsys, "train", "--resume", "--out", out, "--epochs", "4",
+                   "--keep-checkpoints", "1")[0] == 0
+    assert [e for e, _ in list_checkpoints(out)] == [4]
+    assert minivae(capsys, "train", "--resume", "--out", out, "--epochs", "5")[0] == 0
+    assert [e for e, _ in list_checkpoints(out)] == [4, 5]      # default: keep all
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys):
+    rc, _, err = minivae(capsys, "train", "--out", tmp_path / "new" / "run", "--data-dir",
+                         tmp_path / "empty", *TINY)
+    assert_clean_error(rc, err, "missing", status=1)
+    assert not (tmp_path / "new").exists()
+
+
+# -- messages ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["download", "evaluate"])
+def test_ctrl_c_outside_training_does_not_mention_resume(command, capsys, monkeypatch,
+                                                         cli_run):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, {"download": "download", "evaluate": "evaluate_run"}[command],
+                        interrupted)
+    argv = ["download", "--dataset", "mnist"] if command == "download" else ["evaluate", cli_run]
+    rc, _, err = minivae(capsys, *argv)
+    assert rc == 130 and err == "minivae: interrupted\n"
+
+
+# -- download --dataset all ----------------------------------------------------------------
+
+class BadMirror(http.server.BaseHTTPRequestHandler):
+    """Label files: valid IDX data of the right shape that is not the real data (a checksum
+    mismatch); everything else: 404."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.log.append(self.path)
+        name = self.path.rsplit("/", 1)[-1]
+        if "labels" in name:
+            n = 60000 if name.startswith("train") else 10000
+            header = (0x0801).to_bytes(4, "big") + n.to_bytes(4, "big")
+            body = gzip.compress(header + bytes(n))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+
+@pytest.fixture
+def bad_mirror(monkeypatch):
+    """A mirror on 127.0.0.1 and no other source for either dataset (nothing leaves the host)."""
+    for info in dl.DATASETS.values():
+        monkeypatch.setitem(info, "mirrors", [])
+    monkeypatch.setattr(dl, "DEBIAN_FASHION_MNIST", "/no/such/folder/")
+    monkeypatch.delenv("MINIVAE_MIRROR", raising=False)
+    monkeypatch.delenv("MINIVAE_DEBUG", raising=False)
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BadMirror)
+    srv.daemon_threads = True
+    srv.log = []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/"
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_download_all_tries_every_dataset_and_sums_up(bad_mirror, tmp_path, capsys,
+                                                      monkeypatch):
+    argv = ["download", "--data-dir", tmp_path / "d", "--mirror", bad_mirror.url]
+    rc, _, err = minivae(capsys, *argv)
+    assert rc == 1
+    for dataset in ("mnist", "fashion-mnist"):
+        assert any(f"/{dataset}/" in p for p in bad_mirror.log), dataset
+    assert "Traceback" not in err
+    assert all(len(line) < 200 for line in err.splitlines()[:-1]), err     # the last names a path
+    lines = [line for line in err.splitlines() if line.startswith("minivae: ")]
+    assert len(lines) == 9, err
+    for line in lines[:8]:
+        assert ("checksum mismatch" if "labels" in line else "HTTP 404") in line, line
+    assert lines[8].startswith("minivae: error: 8 file(s) of mnist, fashion-mnist could not be "
+                               "downloaded"), lines[8]
+    assert "--no-download" in lines[8] and "MINIVAE_DEBUG=1" in lines[8]
+    # MINIVAE_DEBUG=1: every source tried, in full
+    monkeypatch.setenv("MINIVAE_DEBUG", "1")
+    rc, _, err = minivae(capsys, *argv)
+    assert rc == 1
+    assert (f"minivae: mnist/train-images-idx3-ubyte.gz: {bad_mirror.url}: HTTP 404 Not Found "
+            f"(tried {bad_mirror.url}mnist/train-images-idx3-ubyte.gz") in err, err
+
+
+def test_download_removes_stale_partial_downloads(bad_mirror, tmp_path, capsys):
+    folder = tmp_path / "d" / "mnist"
+    folder.mkdir(parents=True)
+    pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                         capture_output=True, text=True).stdout.strip()
+    stale = folder / f".train-images-idx3-ubyte.gz.{pid}.part"
+    stale.write_bytes(b"x" * 1000)
+    other = folder / "train-images-idx3-ubyte.gz.part"       # not the program's own naming
+    other.write_bytes(b"x")
+    rc, _, err = minivae(capsys, "download", "--dataset", "mnist", "--data-dir", tmp_path / "d",
+                         "--mirror", bad_mirror.url)
+    assert rc == 1
+    assert "removed 1 stale partial download(s)" in err and stale.name in err
+    assert not stale.exists() and other.exists()

@@ -165,7 +165,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint(mlp_run, tmp_path, synthetic_d
 def test_resume_refuses_changed_settings(mlp_run, tmp_path, synthetic_data_dir):
     out = tmp_path / "run"
     run(tiny(out, synthetic_data_dir, epochs=1))
-    with pytest.raises(TrainError, match="lr"):
+    with pytest.raises(TrainError, match="trained with --lr 0.001, now --lr 0.0005"):
         run(tiny(out, synthetic_data_dir, epochs=2, lr=5e-4), resume=True)
 
 
@@ -334,7 +334,9 @@ def test_checkpoint_of_the_first_format_loads_and_resumes_on_either_tier(tmp_pat
         rows = run(cfg, resume=True)
         assert [r["epoch"] for r in rows] == [1, 2]
         assert rows[0] == ckpt.metrics[0]
-        assert json.loads((out / "config.json").read_text())["impl"] == impl
+        # config.json keeps the settings the run was started with; the longer run raises epochs
+        saved = json.loads((out / "config.json").read_text())
+        assert "impl" not in saved and saved["epochs"] == 2
         assert Checkpoint(out / "checkpoints" / "model-2.npz").config["impl"] == impl
 
 
@@ -350,3 +352,46 @@ def test_resume_on_the_other_tier(mlp_run, tmp_path, synthetic_data_dir):
     rows = run(dict(cfg, impl=other), resume=True)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[2]["train_loss"] == pytest.approx(history[2]["train_loss"], rel=1e-4)
+
+
+def damage_checkpoint(path, damage):
+    """Rewrite checkpoint `path` without its last parameter / optimizer sum, or with that
+    parameter misshapen; returns the name of what was damaged."""
+    items = npz(path)
+    prefix = {"param": "param/", "optim": "optim/V.", "shape": "param/"}[damage]
+    key = sorted(k for k in items if k.startswith(prefix))[-1]
+    if damage == "shape":
+        items[key] = items[key][..., :1]
+    else:
+        del items[key]
+    with open(path, "wb") as f:
+        np.savez(f, **items)
+    return key.split("/", 1)[1]
+
+
+@pytest.mark.parametrize("damage", ["param", "optim", "shape"])
+def test_resume_falls_back_past_every_kind_of_damaged_checkpoint(damage, mlp_run, tmp_path):
+    """A newest checkpoint that reads back but lacks a parameter or an optimizer array, or holds
+    a misshapen one: a warning that names it, then the previous checkpoint, exactly."""
+    src, cfg, history = mlp_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    path = out / "checkpoints" / "model-3.npz"
+    name = damage_checkpoint(path, damage)
+    warnings = []
+    rows = train(dict(cfg, out=str(out)), resume=True, progress=False, log=lambda m: None,
+                 warn=warnings.append)
+    assert len(warnings) == 1 and "model-3.npz" in warnings[0] and name in warnings[0], warnings
+    assert without_seconds(rows) == without_seconds(history)
+    assert_same_checkpoint(path, src / "checkpoints" / "model-3.npz")
+
+
+def test_a_checkpoint_missing_a_parameter_names_it(mlp_run, tmp_path, synthetic_data_dir):
+    src, _, _ = mlp_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    name = damage_checkpoint(out / "checkpoints" / "model-3.npz", "param")
+    with pytest.raises(TrainError, match=f"does not match the model: missing parameter\\(s\\) "
+                                         f"{name}$"):
+        evaluate_run(out, backend="numpy", iw_samples=1, limit=8,
+                     data_dir=str(synthetic_data_dir), download=False)
