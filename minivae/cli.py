@@ -15,7 +15,7 @@ import math
 import os
 import sys
 
-from minivae import __version__, bench, gradcheck
+from minivae import __version__, bench, gradcheck, statcheck
 from minivae.backend import BACKENDS, IMPLS, BackendError
 from minivae.config import DTYPES, TrainError, make_config
 from minivae.download import DATASETS, DownloadError, download, mirrors
@@ -166,7 +166,10 @@ def build_parser():
     # gradcheck: its flags are defined next to the checks ----------------------------------
     p = sub.add_parser("gradcheck", help="finite-difference check of every layer's backward")
     gradcheck.add_arguments(p)
-    p.set_defaults(func=gradcheck.run_cli)
+    p.add_argument("--statistical", action="store_true",
+                   help="then the statistical checks (minivae.statcheck): KL against Monte "
+                        "Carlo, the sampled std against each parametrisation, IWAE <= ELBO")
+    p.set_defaults(func=cmd_gradcheck)
 
     # bench -----------------------------------------------------------------------------------
     p = sub.add_parser("bench", help="time training steps of a model on a backend",
@@ -248,6 +251,13 @@ def cmd_plot(args):
     print(f"minivae: wrote {', '.join(shown)} and test-image-<i>.png / reconstruction-<i>.png "
           f"in {args.run}")
     return 0
+
+
+def cmd_gradcheck(args):
+    status = gradcheck.run_cli(args)
+    if args.statistical:
+        status = max(status, statcheck.run_cli(args.backend))
+    return status
 
 
 def cmd_bench(args):
