@@ -17,7 +17,7 @@ import sys
 
 from minivae import __version__, bench, gradcheck, statcheck
 from minivae.backend import BACKENDS, IMPLS, BackendError
-from minivae.config import DTYPES, TrainError, make_config
+from minivae.config import DTYPES, RECON_FROM, TrainError, make_config
 from minivae.download import DATASETS, DownloadError, download, mirrors
 from minivae.evaluate import evaluate_run
 from minivae.idx import IDXError
@@ -141,6 +141,12 @@ def build_parser():
     p.add_argument("--tensorboard", action="store_true",
                    help="write TensorBoard scalars to <out>/tensorboard (needs tensorboardX)")
     p.add_argument("--dtype", choices=DTYPES, help="default: float32")
+    p.add_argument("--kl-warmup", type=non_negative_int, metavar="STEPS",
+                   help="raise the KL weight linearly from 0 to --beta over the first STEPS "
+                        "training steps (default 0: --beta from the start); fixed on --resume")
+    p.add_argument("--recon-from", choices=RECON_FROM,
+                   help="epoch_<N>.png decodes a sampled z (sample, as the seeds do) or the "
+                        "posterior mean (mean) (default: sample)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -215,7 +221,7 @@ def cmd_train(args):
                       download=not args.no_download,
                       sample_size=args.sample_size, log_every=args.log_every,
                       tensorboard=args.tensorboard, dtype=args.dtype, backend=args.backend,
-                        impl=args.impl)
+                        impl=args.impl, kl_warmup=args.kl_warmup, recon_from=args.recon_from)
     train(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"minivae: run folder {cfg['out']}")
     return 0

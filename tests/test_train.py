@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from minivae import train as train_module
-from minivae.checkpoint import METRIC_FIELDS, Checkpoint, list_checkpoints
+from minivae.checkpoint import Checkpoint, list_checkpoints, metric_fields
 from minivae.config import TrainError, layout, make_config
 from minivae.evaluate import evaluate_run
 from minivae.train import NonFiniteLossError, train
@@ -81,7 +81,7 @@ def test_mlp_run_writes_every_output(mlp_run):
         assert (out / "checkpoints" / f"model-{e}.npz").is_file()
     assert png_size(out / "loss.png")[0] > 100
     rows = read_csv(out / "metrics.csv")
-    assert list(rows[0]) == list(METRIC_FIELDS)
+    assert list(rows[0]) == list(metric_fields(cfg["latent_dim"]))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     for r in rows:
         assert all(math.isfinite(float(v)) for v in r.values())
