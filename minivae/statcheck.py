@@ -194,7 +194,8 @@ def check_iwae(model, label, pool, images, rng):
     rise = float(np.diff(means).max())                  # never > 0 either
     return [Result(f"{label} IWAE<=ELBO", f"max(-IWAE_K - (-ELBO)), K<={pool}, {images} images",
                    max(above, 0.0), slack),
-            Result(f"{label} IWAE in K", f"mean -IWAE_K: {means[0]:.2f} (K=1) .. {means[-1]:.2f} (K={pool})",
+            Result(f"{label} IWAE in K",
+                   f"mean -IWAE_K: {means[0]:.2f} (K=1) .. {means[-1]:.2f} (K={pool})",
                    max(rise, 0.0), slack)]
 
 

@@ -135,7 +135,8 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
                 f"{cfg['epochs']})")
 
     write_config(out, cfg)
-    write_metrics(out / "metrics.csv", history, cfg["latent_dim"])   # drops rows of epochs lost to an interruption
+    # (drops rows of epochs lost to an interruption)
+    write_metrics(out / "metrics.csv", history, cfg["latent_dim"])
     if history:
         plots.loss_curves(out / "loss.png", history)
 
