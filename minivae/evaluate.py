@@ -19,8 +19,8 @@ from minivae.config import (STREAM_EVAL, STREAM_TEST, TrainError, data_overrides
 from minivae.layers import sigmoid
 from minivae.losses import kl_log_var
 from minivae.models import reparametrize
-from minivae.statcheck import log_mean_exp, log_weights
 from minivae.progress import bar as progress_bar
+from minivae.statcheck import log_mean_exp, log_weights
 
 EVAL_BATCH = 128          # images per forward pass when evaluating (bounds its memory)
 ACTIVE_VARIANCE = 0.01    # a latent dimension is active when Var_x(mu_d) exceeds this

@@ -172,8 +172,9 @@ def manifold_points(n=11, lo=-2.0, hi=2.0):
     return np.stack([z0, z1], axis=1)
 
 
-def traversal_figure(path, rows, row_labels, values, title=None, tile_inches=0.45):
+def traversal_figure(path, rows, row_labels, values, title=None, tile_inches=0.84):
     """A grid of decodes, one row per latent dimension (rows (R, C, H, W), values in [0, 1]),
+    each tile tile_inches wide at 100 dpi (3 screen pixels per pixel of a 28-pixel image),
     with row_labels at each row's start and the swept z value under each column."""
     from matplotlib.figure import Figure
 

@@ -99,9 +99,10 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
         else:
             saved = ckpt.config
             for key in FIXED_ON_RESUME:
-                if saved.get(key, LATER_SETTINGS.get(key)) != cfg.get(key):
+                was = saved.get(key, LATER_SETTINGS.get(key))   # older files lack later ones
+                if was != cfg.get(key):
                     raise TrainError(f"cannot resume {out}: it was trained with {key}="
-                                     f"{saved.get(key)!r}, now {key}={cfg.get(key)!r}")
+                                     f"{was!r}, now {key}={cfg.get(key)!r}")
     elif list_checkpoints(out):
         raise TrainError(f"{out} already holds a run (checkpoints/model-*.npz); pass --resume to "
                          f"continue it, or choose another --out")
@@ -135,8 +136,7 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
                 f"{cfg['epochs']})")
 
     write_config(out, cfg)
-    # (drops rows of epochs lost to an interruption)
-    write_metrics(out / "metrics.csv", history, cfg["latent_dim"])
+    write_metrics(out / "metrics.csv", history, cfg["latent_dim"])   # drops lost epochs' rows
     if history:
         plots.loss_curves(out / "loss.png", history)
 
