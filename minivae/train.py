@@ -225,6 +225,7 @@ def _train_epoch(model, opt, train_x, data_rng, cfg, epoch, steps, progress, wri
             if writer is not None and (global_step - 1) % cfg["log_every"] == 0:
                 for k, v in values.items():
                     writer.add_scalar(f"train/{k}", v, global_step)
+                writer.add_scalar("train/beta", beta, global_step)
             if callback is not None:
                 callback(epoch, step, terms)
     finally:

@@ -4,6 +4,7 @@ evaluate's table, and the bad input that must write nothing."""
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +16,10 @@ import pytest
 from PIL import Image
 
 from minivae import cli
-from minivae.config import kl_weight, make_config
+from minivae.checkpoint import Checkpoint
+from minivae.config import TrainError, kl_weight, make_config
 from minivae.evaluate import latent_stats
+from minivae.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "bin" / "minivae"
@@ -192,3 +195,22 @@ def test_killed_mid_warmup_resumes_bit_identical(warm_run, tmp_path, synthetic_d
             if k.startswith(("param/", "optim/", "rng/", "schedule/")):
                 assert np.array_equal(a[k], b[k]), k
         assert int(a["schedule/step"]) == 12
+
+
+def test_a_run_saved_before_these_columns_resumes(tmp_path, synthetic_data_dir):
+    """tests/data/run-format-1 has no beta / kl_<i> / active_units, no kl_warmup in its config
+    and no schedule/step in its checkpoint: it resumes (warm-up 0, as it was trained), its old
+    row keeps empty cells, the new row has them all."""
+    out = tmp_path / "old"
+    shutil.copytree(ROOT / "tests" / "data" / "run-format-1", out)
+    settings = dict(epochs=2, hidden_dim=8, batch_size=16, sample_size=2, backend="numpy",
+                    out=str(out), data_dir=str(synthetic_data_dir), download=False)
+    with pytest.raises(TrainError, match="kl_warmup=0, now kl_warmup=5"):
+        train(make_config("mlp", kl_warmup=5, **settings), resume=True, progress=False,
+              log=lambda m: None)
+    train(make_config("mlp", **settings), resume=True, progress=False, log=lambda m: None)
+    rows = read_csv(out / "metrics.csv")
+    assert [rows[0][k] for k in ("beta", "kl_0", "kl_1", "active_units")] == ["", "", "", ""]
+    assert float(rows[1]["beta"]) == 1.0 and rows[1]["active_units"] in ("0", "1", "2")
+    steps = -(-3000 // 16)                                   # the last partial batch is kept
+    assert Checkpoint(out / "checkpoints" / "model-2.npz").step == 2 * steps
