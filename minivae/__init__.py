@@ -1,8 +1,8 @@
 """minivae: variational autoencoders on a from-scratch NumPy/CuPy engine.
 
 Read the source in this order. The engine: backend -> layers (with conv) -> losses -> optim ->
-models (fast/ holds the same arithmetic, faster on NumPy) -> gradcheck. Every backward pass
-carries its derivation next to the code. Then the program, each file one job:
+models (fast/ holds the same arithmetic, faster on NumPy) -> gradcheck, statcheck. Every backward
+pass carries its derivation next to the code. Then the program, each file one job:
 
     files      the one atomic write (temporary name, then rename) every written file goes through
     progress   progress bars, only where stderr is a terminal

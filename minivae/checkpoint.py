@@ -9,6 +9,8 @@ plain arrays and JSON strings only (read back with allow_pickle=False)::
     metrics       the metrics.csv rows so far (JSON)
     rng/model     the state of model.rng, which draws the training noise (JSON)
     rng/data      the state of the generator that draws each epoch's permutation (JSON)
+    schedule/step the training steps taken so far: the KL warm-up's position (files without it
+                  were saved at an epoch's end, so epoch x steps per epoch)
     param/<name>  every parameter, in model.params order
     optim/<key>   the optimizer's state_dict
 
@@ -30,8 +32,15 @@ from minivae.backend import to_device, to_host
 from minivae.config import TrainError
 
 CHECKPOINT_FORMAT = "minivae-checkpoint-1"
-METRIC_FIELDS = ("epoch", "train_loss", "train_recon", "train_kl", "train_reg", "test_neg_elbo",
-                 "seconds")
+METRIC_FIELDS = ("epoch", "train_loss", "train_recon", "train_kl", "train_reg", "beta",
+                 "test_neg_elbo", "active_units", "seconds")
+
+
+def metric_fields(latent_dim):
+    """The metrics.csv columns of a run with `latent_dim` latent dimensions: METRIC_FIELDS with
+    the test KL of each dimension, kl_0 ... kl_<latent_dim - 1>, before active_units."""
+    at = METRIC_FIELDS.index("active_units")
+    return METRIC_FIELDS[:at] + tuple(f"kl_{i}" for i in range(latent_dim)) + METRIC_FIELDS[at:]
 
 
 def write_config(out, cfg):
@@ -39,14 +48,16 @@ def write_config(out, cfg):
     files.write_text(Path(out) / "config.json", json.dumps(cfg, indent=2) + "\n")
 
 
-def write_metrics(path, rows):
-    """Write the metrics rows (dicts with METRIC_FIELDS) as a CSV file."""
+def write_metrics(path, rows, latent_dim):
+    """Write the metrics rows (dicts keyed by metric_fields(latent_dim)) as a CSV file; a column
+    a row lacks (rows of runs saved before that column existed) is left empty."""
+    fields = metric_fields(latent_dim)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(METRIC_FIELDS)
+    w.writerow(fields)
     for r in rows:
         # repr() of a float round-trips exactly, so a resumed run's CSV can be compared bit for bit.
-        w.writerow([repr(r[k]) if isinstance(r[k], float) else r[k] for k in METRIC_FIELDS])
+        w.writerow([repr(r[k]) if isinstance(r.get(k), float) else r.get(k, "") for k in fields])
     files.write_text(path, buf.getvalue())
 
 
@@ -72,9 +83,11 @@ def _json_array(obj):
     return np.array(json.dumps(obj))
 
 
-def save_checkpoint(out, epoch, model, opt, data_rng, cfg, history):
-    """Write checkpoints/model-<epoch>.npz atomically; returns its path."""
+def save_checkpoint(out, epoch, model, opt, data_rng, cfg, history, step):
+    """Write checkpoints/model-<epoch>.npz atomically (step: training steps taken so far);
+    returns its path."""
     arrays = {"format": np.array(CHECKPOINT_FORMAT), "epoch": np.array(epoch),
+              "schedule/step": np.array(step),
               "config": _json_array(cfg), "metrics": _json_array(history),
               "rng/model": _json_array(model.rng.bit_generator.state),
               "rng/data": _json_array(data_rng.bit_generator.state)}
@@ -104,6 +117,7 @@ class Checkpoint:
             self.metrics = json.loads(str(arrays["metrics"]))
             self.rng_model = json.loads(str(arrays["rng/model"]))
             self.rng_data = json.loads(str(arrays["rng/data"]))
+            self.step = int(arrays["schedule/step"]) if "schedule/step" in arrays else None
         except FileNotFoundError:
             raise TrainError(f"checkpoint {self.path} does not exist") from None
         except Exception as e:  # zip, npy, JSON or key errors: all mean "not a usable checkpoint"

@@ -19,12 +19,12 @@ import signal
 import sys
 from pathlib import Path
 
-from minivae import __version__, bench, files, gradcheck
+from minivae import __version__, bench, files, gradcheck, statcheck
 from minivae.backend import BACKENDS, IMPLS, BackendError
 from minivae.checkpoint import Checkpoint, list_checkpoints, read_config
-from minivae.config import DTYPES, TrainError, make_config, resume_settings
+from minivae.config import DTYPES, RECON_FROM, TrainError, make_config, resume_settings
 from minivae.download import DATASETS, DownloadError, download, mirrors
-from minivae.evaluate import evaluate_run
+from minivae.evaluate import ACTIVE_VARIANCE, evaluate_run
 from minivae.idx import IDXError
 from minivae.models import MODELS
 from minivae.progress import say, silence_stdout
@@ -156,6 +156,12 @@ def build_parser():
     p.add_argument("--tensorboard", action="store_true", default=None,
                    help="write TensorBoard scalars to <out>/tensorboard (needs tensorboardX)")
     p.add_argument("--dtype", choices=DTYPES, help="default: float32")
+    p.add_argument("--kl-warmup", type=non_negative_int, metavar="STEPS",
+                   help="raise the KL weight linearly from 0 to --beta over the first STEPS "
+                        "training steps (default 0: --beta from the start); fixed on --resume")
+    p.add_argument("--recon-from", choices=RECON_FROM,
+                   help="epoch_<N>.png decodes a sampled z (sample, as the seeds do) or the "
+                        "posterior mean (mean) (default: sample)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -174,14 +180,28 @@ def build_parser():
     p.set_defaults(func=cmd_evaluate)
 
     # plot ------------------------------------------------------------------------------------
-    p = sub.add_parser("plot", help="latent scatter, manifold and test reconstructions")
+    p = sub.add_parser("plot", help="latent scatter, manifold, test reconstructions, latent "
+                                    "traversals and an interpolation")
     _saved_run_args(p, "use the first N test images")
+    p.add_argument("--traverse-image", type=non_negative_int, default=0, metavar="I",
+                   help="traversals.png/.gif hold the other dimensions at the posterior mean of "
+                        "test image I (default: %(default)s)")
+    p.add_argument("--traverse-range", type=float, nargs=2, default=(-3.0, 3.0),
+                   metavar=("LO", "HI"),
+                   help="the values each dimension is swept over, in prior standard deviations "
+                        "(default: -3 3)")
+    p.add_argument("--interpolate", type=non_negative_int, nargs=2, metavar=("I", "J"),
+                   help="interpolation.png goes from test image I to test image J (default: "
+                        "the first two test images of different classes)")
     p.set_defaults(func=cmd_plot)
 
     # gradcheck: its flags are defined next to the checks ----------------------------------
     p = sub.add_parser("gradcheck", help="finite-difference check of every layer's backward")
     gradcheck.add_arguments(p)
-    p.set_defaults(func=gradcheck.run_cli)
+    p.add_argument("--statistical", action="store_true",
+                   help="then the statistical checks (minivae.statcheck): KL against Monte "
+                        "Carlo, the sampled std against each parametrisation, IWAE <= ELBO")
+    p.set_defaults(func=cmd_gradcheck)
 
     # bench -----------------------------------------------------------------------------------
     p = sub.add_parser("bench", help="time training steps of a model on a backend",
@@ -292,18 +312,34 @@ def cmd_evaluate(args):
     print(f"negative ELBO          {r['neg_elbo']:10.4f} nats/image  (mean over the "
           f"{r['iw_samples']} samples)")
     print(f"-log p(x), IWAE K={r['iw_samples']:<5d} {r['neg_log_px']:10.4f} nats/image")
+    lat = r["latent"]
+    print(f"\nlatent dimensions (KL: nats per image; active: Var over the images of the "
+          f"posterior mean > {ACTIVE_VARIANCE})")
+    print(f"{'dim':>4} {'KL':>10} {'Var mean':>10}  active")
+    for i, (kl, var, on) in enumerate(zip(lat["kl"], lat["mean_var"], lat["active"])):
+        print(f"{i:>4} {kl:10.4f} {var:10.4f}  {'yes' if on else 'no'}")
+    print(f"active units: {lat['active_units']} of {len(lat['kl'])}")
     return 0
 
 
 def cmd_plot(args):
     files = plot_run(args.run, epoch=args.epoch, backend=args.backend, data_dir=args.data_dir,
                      mirrors=args.mirror, limit=args.limit,
-                     download=False if args.no_download else None, log=print, warn=_err,
+                     download=False if args.no_download else None,
+                     traverse_image=args.traverse_image, interpolate=args.interpolate,
+                     traverse_range=tuple(args.traverse_range), log=print, warn=_err,
                      verbose=args.verbose)
     shown = [f.name for f in files if not f.name.startswith(("test-image-", "reconstruction-"))]
     print(f"minivae: wrote {', '.join(shown)} and test-image-<i>.png / reconstruction-<i>.png "
           f"in {args.run}")
     return 0
+
+
+def cmd_gradcheck(args):
+    status = gradcheck.run_cli(args)
+    if args.statistical:
+        status = max(status, statcheck.run_cli(args.backend))
+    return status
 
 
 def cmd_bench(args):

@@ -30,7 +30,10 @@ DTYPES = ("float32", "float64")
 # Settings that define the computation: a resumed run must use the same ones. (Not "impl": both
 # tiers compute the same numbers, so a run may continue on the other one.)
 FIXED_ON_RESUME = ("model", "dataset", "batch_size", "lr", "beta", "weight_decay", "latent_dim",
-                   "hidden_dim", "seed", "sample_size", "limit", "dtype")
+                   "hidden_dim", "seed", "sample_size", "limit", "dtype", "kl_warmup")
+# Settings added after the first runs were saved, with the value an older config.json means.
+LATER_SETTINGS = {"kl_warmup": 0, "recon_from": "sample"}
+RECON_FROM = ("sample", "mean")
 
 # Independent random streams, each seeded from (run seed, stream[, epoch]).
 STREAM_DATA, STREAM_GRID, STREAM_RECON, STREAM_SAMPLES, STREAM_TEST, STREAM_EVAL, STREAM_VIS = \
@@ -48,7 +51,7 @@ def make_config(model="mlp", **settings):
         raise TrainError(f"unknown model {model!r}; choose one of {', '.join(MODEL_DEFAULTS)}")
     cfg = dict(model=model, **MODEL_DEFAULTS[model], seed=0, limit=None, dtype="float32",
                backend="auto", impl="auto", out=None, data_dir=None, mirrors=[], download=True,
-               log_every=10, tensorboard=False)
+               log_every=10, tensorboard=False, **LATER_SETTINGS)
     cfg["keep_checkpoints"] = None     # None: keep every checkpoint
     for key, value in settings.items():
         if key not in cfg:
@@ -100,6 +103,20 @@ def check_config(cfg):
         raise TrainError(f"--dtype must be one of {', '.join(DTYPES)}, got {cfg['dtype']!r}")
     one_of("backend", BACKENDS, "backend")
     one_of("impl", IMPLS, "impl")
+    if not is_int(cfg["kl_warmup"]) or cfg["kl_warmup"] < 0:
+        raise TrainError(f"--kl-warmup must be a non-negative integer, got {cfg['kl_warmup']!r}")
+    if cfg["recon_from"] not in RECON_FROM:
+        raise TrainError(f"--recon-from must be one of {', '.join(RECON_FROM)}, got "
+                         f"{cfg['recon_from']!r}")
+
+
+def kl_weight(cfg, step):
+    """The KL weight of training step `step` (0 for the first): with --kl-warmup W > 0 it rises
+    linearly from 0 to --beta over the first W steps (beta * step / W), then stays at --beta."""
+    warmup = cfg["kl_warmup"]
+    if warmup and step < warmup:
+        return cfg["beta"] * step / warmup
+    return cfg["beta"]
 
 
 def layout(cfg):

@@ -17,11 +17,13 @@ from minivae.checkpoint import Checkpoint, checkpoint_path, list_checkpoints
 from minivae.config import (STREAM_EVAL, STREAM_TEST, TrainError, data_overrides, is_int, layout,
                             load_split, make_config, model_for, resolve_backend, stream_rng)
 from minivae.layers import sigmoid
-from minivae.losses import bernoulli_nll
+from minivae.losses import kl_log_var
 from minivae.models import reparametrize
 from minivae.progress import bar as progress_bar
+from minivae.statcheck import log_mean_exp, log_weights
 
 EVAL_BATCH = 128          # images per forward pass when evaluating (bounds its memory)
+ACTIVE_VARIANCE = 0.01    # a latent dimension is active when Var_x(mu_d) exceeds this
 
 
 def noise(rng, shape, xp, dtype):
@@ -29,11 +31,11 @@ def noise(rng, shape, xp, dtype):
     return to_device(rng.standard_normal(shape).astype(dtype), xp)
 
 
-def reconstruct(model, x, eps):
-    """Decode z = mu + eps * sigma for inputs x (one sampled z per input, as the seeds do);
-    returns pixel probabilities on the host."""
+def reconstruct(model, x, eps=None):
+    """Decode z = mu + eps * sigma for inputs x (one sampled z per input, as the seeds do), or
+    the posterior mean mu itself when eps is None; returns pixel probabilities on the host."""
     mu, log_var = model.encode(x)
-    return decode_probs(model, reparametrize(mu, log_var, eps))
+    return decode_probs(model, mu if eps is None else reparametrize(mu, log_var, eps))
 
 
 def decode_probs(model, z):
@@ -59,6 +61,33 @@ def test_neg_elbo(model, images, cfg, epoch, batch_size=EVAL_BATCH):
         total += (t.recon + t.kl) * len(x)
         n += len(x)
     return total / n
+
+
+def posterior_means(model, images, cfg, batch_size=EVAL_BATCH):
+    """(mu, log sigma^2) of every image, host float64 arrays (N, latent)."""
+    parts = [tuple(to_host(a).astype(np.float64) for a in model.encode(x))
+             for x, _ in eval_batches(model, images, cfg, batch_size)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def latent_stats(mu, log_var):
+    """Per latent dimension: the analytic KL(q(z|x) || N(0, 1)) averaged over the images (nats
+    per image), the variance over the images of the posterior mean E_q[z_d|x] = mu_d, and the
+    count of active units, those whose variance exceeds ACTIVE_VARIANCE (Burda et al., 2015).
+    Returns a dict: kl (list), mean_var (list), active (list of bools), active_units."""
+    kl = kl_log_var(mu, log_var)[0].mean(axis=0)
+    var = mu.var(axis=0)
+    active = var > ACTIVE_VARIANCE
+    return {"kl": [float(v) for v in kl], "mean_var": [float(v) for v in var],
+            "active": [bool(a) for a in active], "active_units": int(active.sum())}
+
+
+def latent_metrics(model, images, cfg):
+    """The metrics.csv columns of the latent code: kl_<i> per dimension and active_units."""
+    stats = latent_stats(*posterior_means(model, images, cfg))
+    row = {f"kl_{i}": v for i, v in enumerate(stats["kl"])}
+    row["active_units"] = stats["active_units"]
+    return row
 
 
 def load_run(run_dir, epoch=None, backend="auto", log=None, verbose=False):
@@ -111,7 +140,6 @@ def evaluate(model, images, cfg, iw_samples=100, batch_size=None, seed_stream=ST
     d = cfg["latent_dim"]
     batch_size = batch_size or max(1, min(EVAL_BATCH, max_rows))
     rng = stream_rng(cfg["seed"], seed_stream, K)
-    half_log_2pi = 0.5 * math.log(2 * math.pi)
     elbo_sum = iwae_sum = 0.0
     n = 0
     with progress_bar(progress, total=data.num_batches(len(images), batch_size, False),
@@ -124,17 +152,8 @@ def evaluate(model, images, cfg, iw_samples=100, batch_size=None, seed_stream=ST
             for k0 in range(0, K, chunk):
                 kc = min(chunk, K - k0)
                 eps = noise(rng, (kc, B, d), xp, model.dtype)
-                z = reparametrize(mu[None], log_var[None], eps)                 # (kc, B, d)
-                logits = model.decode(z.reshape(kc * B, d))
-                xr = xp.broadcast_to(x[None], (kc,) + x.shape).reshape((kc * B,) + x.shape[1:])
-                nll = bernoulli_nll(logits.astype(xp.float64), xr)
-                log_px = -nll.reshape(kc, B, -1).sum(axis=2)
-                log_pz = -0.5 * (z.astype(xp.float64) ** 2).sum(axis=2) - d * half_log_2pi
-                log_qz = (-0.5 * (eps.astype(xp.float64) ** 2).sum(axis=2)
-                          - 0.5 * log_var.astype(xp.float64).sum(axis=1)[None] - d * half_log_2pi)
-                log_w[:, k0:k0 + kc] = to_host(log_px + log_pz - log_qz).T
-            m = log_w.max(axis=1, keepdims=True)
-            iwae = m[:, 0] + np.log(np.exp(log_w - m).sum(axis=1)) - math.log(K)
+                log_w[:, k0:k0 + kc] = to_host(log_weights(model, x, mu, log_var, eps)).T
+            iwae = log_mean_exp(log_w, axis=1)
             elbo = log_w.mean(axis=1)
             elbo_sum += float(elbo.sum())
             iwae_sum += float(iwae.sum())
@@ -151,6 +170,7 @@ def evaluate_run(run_dir, epoch=None, iw_samples=100, backend="auto", limit=None
     test_x, _ = load_split(cfg, "test", limit if limit is not None else cfg["limit"])
     with np.errstate(all="ignore"):
         result = evaluate(model, test_x, cfg, iw_samples=iw_samples, progress=progress)
+        result["latent"] = latent_stats(*posterior_means(model, test_x, cfg))
     result.update(epoch=ckpt.epoch, dataset=cfg["dataset"], model=cfg["model"],
                   backend=backend_name(model.xp))
     for key in ("neg_elbo", "neg_log_px"):

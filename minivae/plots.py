@@ -170,3 +170,40 @@ def manifold_points(n=11, lo=-2.0, hi=2.0):
     z0 = np.tile(z, n)              # runs along each row
     z1 = np.repeat(z[::-1], n)      # constant along a row, falling down the rows
     return np.stack([z0, z1], axis=1)
+
+
+def traversal_figure(path, rows, row_labels, values, title=None, tile_inches=0.84):
+    """A grid of decodes, one row per latent dimension (rows (R, C, H, W), values in [0, 1]),
+    each tile tile_inches wide at 100 dpi (3 screen pixels per pixel of a 28-pixel image),
+    with row_labels at each row's start and the swept z value under each column."""
+    from matplotlib.figure import Figure
+
+    rows = np.asarray(rows)
+    n_rows, n_cols, h, w = rows.shape
+    grid = image_grid(rows.reshape(n_rows * n_cols, h, w), n_cols)
+    fig = Figure(figsize=(n_cols * tile_inches + 1.6, n_rows * tile_inches + 0.9), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_yticks([(r + 0.5) * h - 0.5 for r in range(n_rows)], labels=row_labels, fontsize=8)
+    ax.set_xticks([(c + 0.5) * w - 0.5 for c in range(n_cols)],
+                  labels=[f"{v:g}" for v in values], fontsize=8)
+    ax.set_xlabel("value of the swept dimension (prior standard deviations)", fontsize=8)
+    ax.tick_params(length=0)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def save_gif(path, frames, scale=3, ms_per_frame=120):
+    """Write grey frames (each (H, W), values in [0, 1]) as a looping animated GIF, atomically,
+    every pixel scaled up `scale` times (nearest neighbour)."""
+    from PIL import Image
+
+    block = np.ones((scale, scale), dtype=np.uint8)
+    images = [Image.fromarray(np.kron(to_uint8(f), block), mode="L") for f in frames]
+    path = Path(path)
+    with Replacing(path) as f:
+        images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
+                       duration=ms_per_frame, loop=0)
+    return path

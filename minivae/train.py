@@ -5,12 +5,14 @@ A run lives in one folder (``--out``)::
     config.json              the settings the run was started with (a longer resumed run
                              raises its epochs)
     original.png             the fixed sample_size x sample_size grid of training inputs
-    epoch_<N>.png            their reconstructions after epoch N
+    epoch_<N>.png            their reconstructions after epoch N (--recon-from: decoded from a
+                             sampled z, or from the posterior mean)
     samples_<N>.png          decodes of a fixed set of draws from the prior N(0, I)
-    metrics.csv              one row per epoch (see METRIC_FIELDS)
+    metrics.csv              one row per epoch (see checkpoint.metric_fields)
     loss.png                 train loss and test -ELBO per epoch
     checkpoints/model-<N>.npz  everything needed to continue: parameters, Adam state, RNG states,
-                             epoch, config and the metrics so far
+                             epoch, steps taken (the KL warm-up's position), config and the
+                             metrics so far
 
 Randomness and exact resume
 ---------------------------
@@ -45,10 +47,10 @@ from minivae.checkpoint import (Checkpoint, checkpoint_path, list_checkpoints, p
                                 prune_checkpoints, read_config, remove_created,
                                 remove_stale_temporaries, save_checkpoint, write_config,
                                 write_metrics)
-from minivae.config import (FIXED_ON_RESUME, STREAM_DATA, STREAM_GRID, STREAM_RECON,
-                            STREAM_SAMPLES, TrainError, check_config, flag, layout, load_split,
-                            model_for, resolve_backend, stream_rng)
-from minivae.evaluate import decode_probs, noise, reconstruct, test_neg_elbo
+from minivae.config import (FIXED_ON_RESUME, LATER_SETTINGS, STREAM_DATA, STREAM_GRID,
+                            STREAM_RECON, STREAM_SAMPLES, TrainError, check_config, flag,
+                            kl_weight, layout, load_split, model_for, resolve_backend, stream_rng)
+from minivae.evaluate import decode_probs, latent_metrics, noise, reconstruct, test_neg_elbo
 from minivae.optim import Adam
 from minivae.progress import bar as progress_bar, say as _say
 
@@ -115,10 +117,11 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
         remove_created(created)
         raise
 
-    history, first_epoch = [], 1
+    history, first_epoch, step = [], 1, 0     # step: training steps taken (the KL warm-up's)
     if ckpt is not None:
         history = [r for r in ckpt.metrics if r["epoch"] <= ckpt.epoch]
         first_epoch = ckpt.epoch + 1
+        step = ckpt.step if ckpt.step is not None else ckpt.epoch * steps_per_epoch
         if ckpt.epoch >= cfg["epochs"]:
             log(f"minivae: {out} is already trained to epoch {ckpt.epoch}; raise --epochs to "
                 f"train further")
@@ -134,7 +137,7 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
         if resume and existed:
             warn(f"minivae: no usable checkpoint in {out}; starting from epoch 1")
         write_config(out, cfg)
-    write_metrics(out / "metrics.csv", history)   # drops rows of epochs lost to an interruption
+    write_metrics(out / "metrics.csv", history, cfg["latent_dim"])   # drops lost epochs' rows
     if history:
         plots.loss_curves(out / "loss.png", history)
 
@@ -152,30 +155,34 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
     try:
         for epoch in range(first_epoch, cfg["epochs"] + 1):
             row = _train_epoch(model, opt, train_x, data_rng, cfg, epoch, steps_per_epoch,
-                               progress, writer, callback, ckpt_epoch=epoch - 1)
+                               progress, writer, callback, ckpt_epoch=epoch - 1, first_step=step)
+            step += steps_per_epoch
             if not params_finite(model):
                 raise NonFiniteLossError(_nonfinite_msg(epoch, steps_per_epoch, "parameters",
                                                         epoch - 1, out))
             with np.errstate(all="ignore"):
                 row["test_neg_elbo"] = test_neg_elbo(model, test_x, cfg, epoch)
+                row.update(latent_metrics(model, test_x, cfg))
             if not math.isfinite(row["test_neg_elbo"]):
                 raise NonFiniteLossError(_nonfinite_msg(epoch, steps_per_epoch, "test -ELBO",
                                                         epoch - 1, out))
             history.append(row)
             # The checkpoint first: the run folder never shows an epoch it cannot resume from.
-            save_checkpoint(out, epoch, model, opt, data_rng, cfg, history)
+            save_checkpoint(out, epoch, model, opt, data_rng, cfg, history, step)
             prune_checkpoints(out, cfg["keep_checkpoints"])
-            plots.save_grid(out / f"epoch_{epoch}.png", reconstruct(model, grid_x, grid_eps),
+            recon_eps = grid_eps if cfg["recon_from"] == "sample" else None   # None: the mean
+            plots.save_grid(out / f"epoch_{epoch}.png", reconstruct(model, grid_x, recon_eps),
                             ncol=s)
             plots.save_grid(out / f"samples_{epoch}.png", decode_probs(model, prior_z), ncol=s)
-            write_metrics(out / "metrics.csv", history)
+            write_metrics(out / "metrics.csv", history, cfg["latent_dim"])
             plots.loss_curves(out / "loss.png", history)
             if writer is not None:
                 writer.add_scalar("test/neg_elbo", row["test_neg_elbo"], epoch * steps_per_epoch)
                 writer.flush()
             log(f"epoch {epoch}/{cfg['epochs']}: train loss {row['train_loss']:.4f} (recon "
                 f"{row['train_recon']:.4f}, kl {row['train_kl']:.4f}, reg {row['train_reg']:.4f}), "
-                f"test -ELBO {row['test_neg_elbo']:.4f}, {row['seconds']:.1f}s")
+                f"test -ELBO {row['test_neg_elbo']:.4f}, active units {row['active_units']}/"
+                f"{cfg['latent_dim']}, {row['seconds']:.1f}s")
     finally:
         if writer is not None:
             writer.close()
@@ -198,9 +205,10 @@ def _restore_newest(out, cfg, xp, warn):
             ckpt = Checkpoint(path)
             saved = ckpt.config
             for key in FIXED_ON_RESUME:
-                if saved.get(key) != cfg.get(key):
+                was = saved.get(key, LATER_SETTINGS.get(key))   # older files lack later ones
+                if was != cfg.get(key):
                     raise ResumeMismatch(f"cannot resume {out}: it was trained with {flag(key)} "
-                                         f"{saved.get(key)}, now {flag(key)} {cfg.get(key)}")
+                                         f"{was}, now {flag(key)} {cfg.get(key)}")
             model, opt, data_rng = _fresh(cfg, xp)
             ckpt.restore(model, opt, data_rng)
             return ckpt, model, opt, data_rng
@@ -223,7 +231,7 @@ def _nonfinite_msg(epoch, step, what, last_good, out):
 
 
 def _train_epoch(model, opt, train_x, data_rng, cfg, epoch, steps, progress, writer, callback,
-                 ckpt_epoch):
+                 ckpt_epoch, first_step):
     pad, flatten, drop_last = layout(cfg)
     sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "reg": 0.0}
     seen = 0
@@ -235,8 +243,9 @@ def _train_epoch(model, opt, train_x, data_rng, cfg, epoch, steps, progress, wri
                                dtype=model.dtype, rng=data_rng, shuffle=True, drop_last=drop_last,
                                pad=pad, flatten=flatten)
         for step, (x, _) in enumerate(batches, 1):
+            beta = kl_weight(cfg, first_step + step - 1)
             with np.errstate(all="ignore"):   # overflow is caught below, as a non-finite loss
-                terms = model.loss_and_grads(x, beta=cfg["beta"], weight_decay=cfg["weight_decay"])
+                terms = model.loss_and_grads(x, beta=beta, weight_decay=cfg["weight_decay"])
             values = {k: float(getattr(terms, k)) for k in sums}
             if not all(math.isfinite(v) for v in values.values()):
                 raise NonFiniteLossError(_nonfinite_msg(epoch, step, "loss", ckpt_epoch,
@@ -253,11 +262,13 @@ def _train_epoch(model, opt, train_x, data_rng, cfg, epoch, steps, progress, wri
             if writer is not None and (global_step - 1) % cfg["log_every"] == 0:
                 for k, v in values.items():
                     writer.add_scalar(f"train/{k}", v, global_step)
+                writer.add_scalar("train/beta", beta, global_step)
             if callback is not None:
                 callback(epoch, step, terms)
     finally:
         bar.close()
     row = {"epoch": epoch}
     row.update({f"train_{k}": v / seen for k, v in sums.items()})
+    row["beta"] = beta                  # the KL weight in force at the end of the epoch
     row["seconds"] = time.perf_counter() - t0
     return row

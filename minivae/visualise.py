@@ -6,6 +6,13 @@ manifold.png      decodes of an 11x11 grid over [-2, 2]^2 -- the latent plane it
                   latents, else the plane through the origin spanned by the same two axes.
 test-image-<i>.png, reconstruction-<i>.png, test-vs-reconstruction.png
                   as seed 001's visualise: a shuffled batch of test images, their reconstructions.
+traversals.png    one row per latent dimension, largest test KL first (printed at the row's
+                  start): that dimension swept over --traverse-range in TRAVERSAL_STEPS steps,
+                  the others at the posterior mean of test image --traverse-image.
+traversals.gif    the same sweep animated, every row changing together, back and forth.
+interpolation.png decodes along the straight line between the posterior means of two test
+                  images, the two originals at the ends.
+The image grids are scaled up SCALE times (nearest neighbour) to be readable.
 """
 
 from pathlib import Path
@@ -14,26 +21,59 @@ import numpy as np
 
 from minivae import data
 from minivae.backend import to_host
-from minivae.config import STREAM_VIS, data_overrides, layout, load_split, stream_rng
-from minivae.evaluate import decode_probs, eval_batches, load_run, noise, reconstruct
-from minivae.plots import (CLASS_NAMES, as_square_images, latent_scatter, manifold_points, pca_2d,
-                           save_grid, save_png, side_by_side)
+from minivae.config import STREAM_VIS, TrainError, data_overrides, layout, load_split, stream_rng
+from minivae.evaluate import (decode_probs, latent_stats, load_run, noise, posterior_means,
+                              reconstruct)
+from minivae.plots import (CLASS_NAMES, as_square_images, image_grid, latent_scatter,
+                           manifold_points, pca_2d, save_gif, save_grid, save_png, side_by_side,
+                           traversal_figure)
+
+SCALE = 3                  # pixels per image pixel in manifold.png and interpolation.png
+TRAVERSAL_STEPS = 11       # columns of traversals.png
+INTERPOLATION_STEPS = 10   # decodes between (and including) the two posterior means
+
+
+def pick_images(labels, traverse_image=0, interpolate=None):
+    """Check the requested test images against the split's size, before anything is written:
+    (traverse_image, (i, j)). The default pair: the first two test images of different classes
+    (the first two when every image has the same class)."""
+    n = len(labels)
+    if not 0 <= traverse_image < n:
+        raise TrainError(f"--traverse-image {traverse_image} is out of range: the test split "
+                         f"has {n} images (0..{n - 1})")
+    if interpolate is None:
+        if n < 2:
+            raise TrainError("interpolation.png needs two test images; the test split has 1")
+        other = np.flatnonzero(labels != labels[0])
+        interpolate = (0, int(other[0]) if len(other) else 1)
+    i, j = interpolate
+    for k in (i, j):
+        if not 0 <= k < n:
+            raise TrainError(f"--interpolate {i} {j}: {k} is out of range: the test split has "
+                             f"{n} images (0..{n - 1})")
+    if i == j:
+        raise TrainError(f"--interpolate needs two different test images, got {i} twice")
+    return traverse_image, (i, j)
 
 
 def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, mirrors=None,
-             download=None, limit=None, log=print, warn=None, verbose=False):
+             download=None, limit=None, traverse_image=0, interpolate=None,
+             traverse_range=(-3.0, 3.0), log=print, warn=None, verbose=False):
     """Write the pictures listed above into run_dir; returns the list of files written."""
+    lo, hi = traverse_range
+    if not lo < hi:
+        raise TrainError(f"--traverse-range needs LO < HI, got {lo:g} {hi:g}")
     model, cfg, ckpt = load_run(run_dir, epoch, backend, log=warn, verbose=verbose)
     data_overrides(cfg, data_dir, mirrors, download)
     images, labels = load_split(cfg, "test", limit if limit is not None else cfg["limit"])
+    traverse_image, (ia, ib) = pick_images(labels, traverse_image, interpolate)
     pad, flatten, _ = layout(cfg)
     run = Path(run_dir)
     xp = model.xp
     written = []
 
     with np.errstate(all="ignore"):
-        means = np.concatenate([to_host(model.encode(x)[0]).astype(np.float64)
-                                for x, _ in eval_batches(model, images, cfg)])
+        means, log_vars = posterior_means(model, images, cfg)
         d = means.shape[1]
         title = (f"{cfg['model']} VAE on {cfg['dataset']}, epoch {ckpt.epoch}\n"
                  f"encoder means of {len(means)} test images")
@@ -58,7 +98,7 @@ def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, m
         else:
             z = pts @ axes          # (121, d): the plane of the two principal axes, through 0
         probs = decode_probs(model, xp.asarray(z.astype(model.dtype)))
-        written.append(save_grid(run / "manifold.png", probs, ncol=11))
+        written.append(save_grid(run / "manifold.png", probs, ncol=11, scale=SCALE))
         if d > 2:
             log(f"minivae: latent has {d} dimensions: clustering.png shows the test means "
                 f"projected on their first two principal axes; manifold.png decodes [-2, 2]^2 on "
@@ -75,4 +115,29 @@ def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, m
             written.append(save_png(run / f"reconstruction-{i + 1}.png", recon[i]))
         written.append(save_png(run / "test-vs-reconstruction.png", side_by_side(orig, recon),
                                 scale=2))
+
+        kl = latent_stats(means, log_vars)["kl"]
+        order = np.argsort(kl, kind="stable")[::-1]                     # largest KL first
+        values = np.linspace(lo, hi, TRAVERSAL_STEPS)
+        z = np.repeat(means[traverse_image][None], d * TRAVERSAL_STEPS, axis=0)
+        for r, dim in enumerate(order):
+            z[r * TRAVERSAL_STEPS:(r + 1) * TRAVERSAL_STEPS, dim] = values
+        tiles = as_square_images(decode_probs(model, xp.asarray(z.astype(model.dtype))))
+        rows = tiles.reshape((d, TRAVERSAL_STEPS) + tiles.shape[1:])
+        row_labels = [f"z[{dim}]  KL {kl[dim]:.2f}" for dim in order]
+        written.append(traversal_figure(
+            run / "traversals.png", rows, row_labels, values,
+            title=f"latent traversals around test image {traverse_image} (epoch {ckpt.epoch})"))
+        steps = list(range(TRAVERSAL_STEPS)) + list(range(TRAVERSAL_STEPS - 2, 0, -1))
+        written.append(save_gif(run / "traversals.gif",
+                                [image_grid(rows[:, k], 1, pad=2) for k in steps], scale=SCALE))
+
+        t = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)[:, None]
+        z = (1 - t) * means[ia] + t * means[ib]                           # (steps, d)
+        between = as_square_images(decode_probs(model, xp.asarray(z.astype(model.dtype))))
+        ends = as_square_images(to_host(data.to_float(images[[ia, ib]], xp, model.dtype,
+                                                      pad=pad, flatten=flatten)))
+        strip = np.concatenate([ends[:1], between, ends[1:]])
+        written.append(save_grid(run / "interpolation.png", strip, ncol=len(strip), pad=2,
+                                 scale=SCALE))
     return written

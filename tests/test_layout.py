@@ -56,7 +56,7 @@ def test_plots_take_arrays_and_paths_only():
 
 def test_the_engine_imports_nothing_of_the_program():
     engine = {"minivae.backend", "minivae.layers", "minivae.conv", "minivae.losses",
-              "minivae.optim", "minivae.models", "minivae.gradcheck"}
+              "minivae.optim", "minivae.models", "minivae.gradcheck", "minivae.statcheck"}
     engine |= {m for m in MODULES if m.startswith("minivae.fast")}
     for name in engine & set(MODULES):
         assert GRAPH[name] <= engine | {"minivae"}, (name, GRAPH[name] - engine)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from minivae import train as train_module
-from minivae.checkpoint import METRIC_FIELDS, Checkpoint, list_checkpoints
+from minivae.checkpoint import Checkpoint, list_checkpoints, metric_fields
 from minivae.config import TrainError, layout, make_config
 from minivae.evaluate import evaluate_run
 from minivae.train import NonFiniteLossError, train
@@ -81,7 +81,7 @@ def test_mlp_run_writes_every_output(mlp_run):
         assert (out / "checkpoints" / f"model-{e}.npz").is_file()
     assert png_size(out / "loss.png")[0] > 100
     rows = read_csv(out / "metrics.csv")
-    assert list(rows[0]) == list(METRIC_FIELDS)
+    assert list(rows[0]) == list(metric_fields(cfg["latent_dim"]))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     for r in rows:
         assert all(math.isfinite(float(v)) for v in r.values())
@@ -250,8 +250,10 @@ def test_conv_run_and_plots(tmp_path, synthetic_data_dir):
     written = plot_run(out, backend="numpy", log=msgs.append)
     assert any("principal axes" in m for m in msgs)                 # latent 3: says it projects
     names = {p.name for p in written}
-    assert {"clustering.png", "manifold.png", "test-vs-reconstruction.png"} <= names
-    assert png_size(out / "manifold.png") == (11 * 32, 11 * 32)
+    assert {"clustering.png", "manifold.png", "test-vs-reconstruction.png", "traversals.png",
+            "traversals.gif", "interpolation.png"} <= names
+    assert png_size(out / "manifold.png") == (11 * 32 * 3, 11 * 32 * 3)    # scaled x3
+    assert png_size(out / "interpolation.png") == ((12 * 32 + 11 * 2) * 3, 32 * 3)
     for i in range(1, 9):
         assert png_size(out / f"test-image-{i}.png") == (32, 32)
         assert png_size(out / f"reconstruction-{i}.png") == (32, 32)
@@ -268,7 +270,7 @@ def test_plot_mlp_two_dimensional_latent(mlp_run, tmp_path):
     msgs = []
     plot_run(out, epoch=2, backend="numpy", log=msgs.append)
     assert not msgs                                                  # 2-D latent: no projection
-    assert png_size(out / "manifold.png") == (11 * 28, 11 * 28)
+    assert png_size(out / "manifold.png") == (11 * 28 * 3, 11 * 28 * 3)    # scaled x3
     assert png_size(out / "clustering.png")[0] > 300
     w, h = png_size(out / "test-vs-reconstruction.png")
     assert w > h > 2 * 28
