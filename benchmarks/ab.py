@@ -32,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from minivae.backend import IMPLS  # noqa: E402
 from minivae.bench import Workload  # noqa: E402
 from minivae.config import MODEL_DEFAULTS  # noqa: E402
 from minivae.models import MODELS  # noqa: E402
@@ -69,13 +70,15 @@ def checkout_engine(rev, folder):
         tar.extractall(folder, **safe)
 
 
-def race(engines, model_name, rounds, steps):
-    """{label: per-round ms per step}, and the first gradients' largest relative difference."""
+def race(engines, model_name, rounds, steps, impl="auto"):
+    """{label: per-round ms per step}, and the first gradients' largest relative difference.
+    impl: the tier of this checkout's engine (the revision's runs as it is)."""
     cfg = MODEL_DEFAULTS[model_name]
     x = np.random.default_rng(1).random(Workload(model_name).x.shape, dtype=np.float32)
     runs = {}
     for label, (models, optim) in engines.items():
-        model = (models.MLPVAE if model_name == "mlp" else models.ConvVAE)(seed=0)
+        tier = {"impl": impl} if label == "this" else {}
+        model = (models.MLPVAE if model_name == "mlp" else models.ConvVAE)(seed=0, **tier)
         runs[label] = (model, optim.Adam(model, lr=cfg["lr"]))
     latent = runs["this"][0].latent_dim
     noise = np.random.default_rng(2).standard_normal((len(x), latent), dtype=np.float32)
@@ -110,6 +113,8 @@ def main(argv=None):
     parser.add_argument("--model", choices=tuple(MODELS), action="append",
                         help="mlp or conv; repeatable (default: both)")
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--impl", choices=IMPLS, default="auto",
+                        help="the tier of this checkout's engine (default: auto)")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per round (default: 15 for mlp, 5 for conv)")
     args = parser.parse_args(argv)
@@ -123,7 +128,7 @@ def main(argv=None):
         engines = {"this": this, args.rev: load_engine(folder)}
         for model_name in args.model or tuple(MODELS):
             steps = args.steps or (15 if model_name == "mlp" else 5)
-            times, diff = race(engines, model_name, args.rounds, steps)
+            times, diff = race(engines, model_name, args.rounds, steps, args.impl)
             this, rev = times["this"], times[args.rev]
             ratio = statistics.median(t / r for t, r in zip(this, rev))
             print(f"{model_name}: this checkout {statistics.median(this):.3f} ms, {args.rev} "

@@ -15,8 +15,14 @@ float64 with h = 1e-5 both are ~1e-10 relative. The error reported is
 
 normalised by the largest magnitude (of the samples, or of the whole analytic gradient if larger),
 so coordinates whose true gradient is ~0 do not divide by ~0; a direction's error is measured
-against |dL/dT|. A check passes below 1e-6 in float64. With --dtype float32 the analytic gradient is computed in
-float32 (the training path) and compared with float64 finite differences; it passes below 1e-4.
+against |dL/dT|. A check passes below 1e-6 in float64. With --dtype float32 the analytic gradient
+is computed in float32 (the training path) and compared with float64 finite differences; it
+passes below 1e-4.
+
+Every check runs in one tier of the engine (--impl: the plain layers, or the fast twins the
+models use on NumPy by default). A single layer is checked through a one-layer Sequential of its
+tier, which in the fast tier turns NCHW images batch-last and back, so both tiers are checked on
+the same NCHW inputs.
 
 The same functions serve `pytest tests/test_gradcheck.py` and `minivae gradcheck`.
 """
@@ -27,12 +33,11 @@ from typing import Callable
 
 import numpy as np
 
-from minivae.backend import BACKENDS, array_module, backend_name, get_backend, to_host
+from minivae.backend import (BACKENDS, IMPLS, array_module, backend_name, get_backend,
+                             resolve_impl, to_host)
 from minivae.conv import conv_output_size, conv_transpose_output_size
-from minivae.layers import (Conv2d, ConvTranspose2d, Dense, Flatten, ReLU, Reshape, Sequential,
-                            Sigmoid, Tanh)
 from minivae.losses import bce_with_logits, kl_log_sigma, kl_log_var, l2_penalty
-from minivae.models import ConvVAE, MLPVAE
+from minivae.models import LAYER_SETS, ConvVAE, MLPVAE
 
 H = 1e-5
 TOLERANCE = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-4}
@@ -90,25 +95,28 @@ def numeric_vs_analytic(f, T, analytic, rng, coords=24, directions=2):
 class Check:
     name: str                 # what is checked, e.g. "Conv2d"
     config: str               # its configuration, e.g. "k=3 s=2 p=1 x=(2,3,7,9)"
-    run: Callable             # run(xp, dtype, rng) -> list of (tensor name, error)
+    run: Callable             # run(xp, dtype, rng, impl) -> list of (tensor name, error)
 
 
 def layer_check(make, x_shape, positive_margin=False):
-    """Check layer = make(dtype=float64, backend=...) at input shape x_shape."""
+    """Check layer = make(L, dtype=float64, backend=..., rng=...) at input shape x_shape, with L
+    the tier's layer set, through a one-layer Sequential of that tier (see the docstring)."""
 
-    def run(xp, dtype, rng):
-        layer = make(dtype=np.float64, backend=backend_name(xp), rng=rng)
+    def run(xp, dtype, rng, impl):
+        L = LAYER_SETS[impl]
+        layer = make(L, dtype=np.float64, backend=backend_name(xp), rng=rng)
+        net = L.Sequential(layer)
         x = rng.standard_normal(x_shape)
         if positive_margin:     # keep inputs away from a kink at 0 (ReLU)
             x = np.sign(x) * (np.abs(x) + 0.1)
         x = xp.asarray(x)
-        g = xp.asarray(rng.standard_normal(layer.forward(x).shape))
+        g = xp.asarray(rng.standard_normal(net.forward(x).shape))
         # analytic gradients in the dtype under test
         params64 = dict(layer.params)
         for k, p in params64.items():
             layer.params[k] = p.astype(dtype)
-        layer.forward(x.astype(dtype))
-        dx = layer.backward(g.astype(dtype))
+        net.forward(x.astype(dtype))
+        dx = net.backward(g.astype(dtype))
         analytic = {"x": dx, **{k: layer.grads[k] for k in params64}}
         for k, p in params64.items():
             layer.params[k] = p
@@ -116,7 +124,7 @@ def layer_check(make, x_shape, positive_margin=False):
         tensors = {"x": x, **params64}
 
         def f():
-            return float((layer.forward(x) * g).sum())
+            return float((net.forward(x) * g).sum())
 
         return [(k, numeric_vs_analytic(f, T, analytic[k], rng)) for k, T in tensors.items()]
 
@@ -126,7 +134,7 @@ def layer_check(make, x_shape, positive_margin=False):
 def loss_check(fn, shapes, names):
     """Check an elementwise loss fn(*inputs) -> (value, *grads) via L = sum(value * w)."""
 
-    def run(xp, dtype, rng):
+    def run(xp, dtype, rng, impl):
         inputs = [xp.asarray(rng.standard_normal(s)) for s in shapes]
         if fn is bce_with_logits:   # targets in [0, 1], logits spread wide
             inputs = [inputs[0] * 3, xp.asarray(rng.random(shapes[1]))]
@@ -143,7 +151,7 @@ def loss_check(fn, shapes, names):
     return run
 
 
-def l2_check(xp, dtype, rng):
+def l2_check(xp, dtype, rng, impl):
     params = {"a": xp.asarray(rng.standard_normal((3, 4))), "b": xp.asarray(rng.standard_normal(5))}
     lam = 0.37
     _, grads = l2_penalty({k: p.astype(dtype) for k, p in params.items()}, lam)
@@ -156,8 +164,8 @@ def model_check(make, x_shape, coords=12):
     every parameter tensor and the input. beta != 1 and weight decay != 0 so that every factor
     in the objective is exercised."""
 
-    def run(xp, dtype, rng):
-        model = make(dtype=np.float64, backend=backend_name(xp))
+    def run(xp, dtype, rng, impl):
+        model = make(dtype=np.float64, backend=backend_name(xp), impl=impl)
         # Random biases (they start at zero) spread the ReLU pre-activations away from 0, where a
         # finite difference straddling the kink would measure nothing but the kink.
         for k in model.params:
@@ -187,9 +195,10 @@ def model_check(make, x_shape, coords=12):
 def adjoint_check(C, F, k, s, p, hw, n=2):
     """<Conv2d(x), y> == <x, ConvTranspose2d(y)> with shared weights, no bias; and both shapes."""
 
-    def run(xp, dtype, rng):
-        conv = Conv2d(C, F, k, s, p, dtype=dtype, backend=backend_name(xp), rng=rng)
-        tconv = ConvTranspose2d(F, C, k, s, p, dtype=dtype, backend=backend_name(xp), rng=rng)
+    def run(xp, dtype, rng, impl):
+        L = LAYER_SETS[impl]
+        conv = L.Conv2d(C, F, k, s, p, dtype=dtype, backend=backend_name(xp), rng=rng)
+        tconv = L.ConvTranspose2d(F, C, k, s, p, dtype=dtype, backend=backend_name(xp), rng=rng)
         tconv.params["W"] = conv.params["W"]        # (F, C, kh, kw): same array, both layouts
         expect = tuple(conv_output_size(d, k, s, p) for d in hw)
         back = tuple(conv_transpose_output_size(d, k, s, p) for d in expect)
@@ -198,9 +207,9 @@ def adjoint_check(C, F, k, s, p, hw, n=2):
         x = np.zeros((n, C) + hw)
         x[:, :, :back[0], :back[1]] = rng.standard_normal((n, C) + back)
         x = xp.asarray(x, dtype=dtype)
-        cx = conv.forward(x)
+        cx = L.Sequential(conv).forward(x)
         y = xp.asarray(rng.standard_normal(cx.shape), dtype=dtype)
-        ty = tconv.forward(y)
+        ty = L.Sequential(tconv).forward(y)
         shape_ok = cx.shape[2:] == expect and ty.shape[2:] == back
         lhs = float((cx * y).sum())
         rhs = float((x[:, :, :back[0], :back[1]] * ty).sum())
@@ -226,47 +235,59 @@ def conv_configs():
     return out
 
 
+# (kernel, stride, padding, input HxW, batch) of the stacks below: ConvVAE's 4x4/2/1, a stride-1
+# kernel, a non-square kernel, a stride that does not divide H + 2p - k.
+STACK_CONFIGS = [(4, 2, 1, (8, 6), 2), (3, 1, 1, (5, 7), 3), ((2, 3), 2, 1, (6, 8), 2),
+                 (5, 3, 2, (7, 9), 1)]
+
+
 def all_checks():
     checks = []
     for k, s, p, hw, n in conv_configs():
         kh, kw = (k, k) if isinstance(k, int) else k
         cfg = f"k={kh}x{kw} s={s} p={p} x=({n},3,{hw[0]},{hw[1]})"
         checks.append(Check("Conv2d", cfg, layer_check(
-            lambda k=k, s=s, p=p, **kw: Conv2d(3, 4, k, s, p, **kw), (n, 3) + hw)))
+            lambda L, k=k, s=s, p=p, **kw: L.Conv2d(3, 4, k, s, p, **kw), (n, 3) + hw)))
         ho = [conv_output_size(d, kh if i == 0 else kw, s, p) for i, d in enumerate(hw)]
         tcfg = f"k={kh}x{kw} s={s} p={p} x=({n},4,{ho[0]},{ho[1]})"
         checks.append(Check("ConvTranspose2d", tcfg, layer_check(
-            lambda k=k, s=s, p=p, **kw: ConvTranspose2d(4, 3, k, s, p, **kw), (n, 4, *ho))))
+            lambda L, k=k, s=s, p=p, **kw: L.ConvTranspose2d(4, 3, k, s, p, **kw), (n, 4, *ho))))
         if isinstance(k, int):
             checks.append(Check("adjoint", cfg, adjoint_check(3, 4, k, s, p, hw, n)))
-    # The batch-last layout ConvVAE computes in: x arrives as (C, H, W, N).
-    for k, s, p, hw, n in [(4, 2, 1, (8, 6), 2), (3, 1, 1, (5, 7), 3), ((2, 3), 2, 1, (6, 8), 2),
-                           (5, 3, 2, (7, 9), 1)]:
+    # Stacks as the models build them, where the fast tier keeps images batch-last between
+    # layers: convolution into transposed convolution, convolution into Flatten and Dense (an
+    # encoder), Dense into Reshape and a transposed convolution (a decoder).
+    for k, s, p, hw, n in STACK_CONFIGS:
         kh, kw = (k, k) if isinstance(k, int) else k
         ho = [conv_output_size(d, kh if i == 0 else kw, s, p) for i, d in enumerate(hw)]
-        checks.append(Check("Conv2d", f"CHWN k={kh}x{kw} s={s} p={p} x=(3,{hw[0]},{hw[1]},{n})",
-                            layer_check(lambda k=k, s=s, p=p, **kw: Conv2d(
-                                3, 4, k, s, p, layout="CHWN", **kw), (3,) + hw + (n,))))
-        checks.append(Check("ConvTranspose2d",
-                            f"CHWN k={kh}x{kw} s={s} p={p} x=(4,{ho[0]},{ho[1]},{n})",
-                            layer_check(lambda k=k, s=s, p=p, **kw: ConvTranspose2d(
-                                4, 3, k, s, p, layout="CHWN", **kw), (4, *ho, n))))
+        cfg = f"k={kh}x{kw} s={s} p={p}"
+        checks.append(Check("Sequential", f"Conv-Tanh-ConvT {cfg} x=({n},3,{hw[0]},{hw[1]})",
+                            layer_check(lambda L, k=k, s=s, p=p, **kw: L.Sequential(
+                                L.Conv2d(3, 4, k, s, p, **kw), L.Tanh(),
+                                L.ConvTranspose2d(4, 3, k, s, p, **kw)), (n, 3) + hw)))
+        checks.append(Check("Sequential", f"Conv-Tanh-Flatten-Dense {cfg}",
+                            layer_check(lambda L, k=k, s=s, p=p, ho=ho, **kw: L.Sequential(
+                                L.Conv2d(3, 4, k, s, p, **kw), L.Tanh(), L.Flatten(),
+                                L.Dense(4 * ho[0] * ho[1], 5, **kw)), (n, 3) + hw)))
+        checks.append(Check("Sequential", f"Dense-Tanh-Reshape-ConvT {cfg}",
+                            layer_check(lambda L, k=k, s=s, p=p, ho=ho, **kw: L.Sequential(
+                                L.Dense(5, 4 * ho[0] * ho[1], **kw), L.Tanh(),
+                                L.Reshape(4, *ho), L.ConvTranspose2d(4, 3, k, s, p, **kw)),
+                                (n, 5))))
     for n, i, o in [(1, 1, 1), (3, 5, 4), (4, 17, 9)]:
         checks.append(Check("Dense", f"x=({n},{i}) out={o}",
-                            layer_check(lambda i=i, o=o, **kw: Dense(i, o, **kw), (n, i))))
-    for act, margin in [(ReLU, True), (Tanh, False), (Sigmoid, False)]:
-        checks.append(Check(act.__name__, "x=(3,4,5)",
-                            layer_check(lambda act=act, **kw: act(), (3, 4, 5), margin)))
-    checks.append(Check("Flatten", "x=(2,3,4,5)", layer_check(lambda **kw: Flatten(), (2, 3, 4, 5))))
+                            layer_check(lambda L, i=i, o=o, **kw: L.Dense(i, o, **kw), (n, i))))
+    for act, margin in [("ReLU", True), ("Tanh", False), ("Sigmoid", False)]:
+        checks.append(Check(act, "x=(3,4,5)",
+                            layer_check(lambda L, act=act, **kw: getattr(L, act)(), (3, 4, 5),
+                                        margin)))
+    checks.append(Check("Flatten", "x=(2,3,4,5)",
+                        layer_check(lambda L, **kw: L.Flatten(), (2, 3, 4, 5))))
     checks.append(Check("Reshape", "x=(2,60)->(3,4,5)",
-                        layer_check(lambda **kw: Reshape(3, 4, 5), (2, 60))))
-    checks.append(Check("Flatten", "CHWN x=(3,4,5,2)",
-                        layer_check(lambda **kw: Flatten(layout="CHWN"), (3, 4, 5, 2))))
-    checks.append(Check("Reshape", "CHWN x=(2,60)->(3,4,5,2)",
-                        layer_check(lambda **kw: Reshape(3, 4, 5, layout="CHWN"), (2, 60))))
+                        layer_check(lambda L, **kw: L.Reshape(3, 4, 5), (2, 60))))
     checks.append(Check("Sequential", "Conv-Tanh-Flatten-Dense", layer_check(
-        lambda **kw: Sequential(Conv2d(2, 3, 3, 2, 1, **kw), Tanh(), Flatten(),
-                                Dense(3 * 4 * 3, 5, **kw)), (2, 2, 7, 6))))
+        lambda L, **kw: L.Sequential(L.Conv2d(2, 3, 3, 2, 1, **kw), L.Tanh(), L.Flatten(),
+                                     L.Dense(3 * 4 * 3, 5, **kw)), (2, 2, 7, 6))))
     checks.append(Check("bce_with_logits", "(6,7)", loss_check(
         bce_with_logits, [(6, 7), (6, 7)], ["logits"])))
     checks.append(Check("kl_log_var", "(5,3)", loss_check(
@@ -281,10 +302,10 @@ def all_checks():
     return checks
 
 
-def run_check(check, backend="numpy", dtype=np.float64, seed=0):
-    """-> (rows [(tensor, error)], worst error, passed)."""
+def run_check(check, backend="numpy", dtype=np.float64, seed=0, impl="auto"):
+    """-> (rows [(tensor, error)], worst error, passed), computed in tier `impl`."""
     xp = get_backend(backend)
-    rows = check.run(xp, np.dtype(dtype), np.random.default_rng(seed))
+    rows = check.run(xp, np.dtype(dtype), np.random.default_rng(seed), resolve_impl(impl, xp))
     worst = max(e for _, e in rows)
     return rows, worst, worst < TOLERANCE[np.dtype(dtype)]
 
@@ -296,6 +317,9 @@ def run_check(check, backend="numpy", dtype=np.float64, seed=0):
 def add_arguments(parser):
     parser.add_argument("--backend", choices=BACKENDS, default="numpy",
                         help="where to run the checks (default: numpy)")
+    parser.add_argument("--impl", choices=IMPLS, default="auto",
+                        help="the engine's tier to check: plain, fast, or auto (fast on NumPy, "
+                             "plain on CuPy; the default)")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                         help="dtype of the analytic gradients (finite differences are float64)")
     parser.add_argument("--verbose", "-v", action="store_true",
@@ -306,14 +330,15 @@ def add_arguments(parser):
 
 def run_cli(args):
     xp = get_backend(args.backend)
+    impl = resolve_impl(args.impl, xp)
     dtype = np.dtype(args.dtype)
     checks = [c for c in all_checks() if args.filter.lower() in c.name.lower()]
-    print(f"gradient check on {backend_name(xp)}, analytic gradients in {dtype}, "
+    print(f"gradient check on {backend_name(xp)}, {impl} tier, analytic gradients in {dtype}, "
           f"tolerance {TOLERANCE[dtype]:.0e}, {len(checks)} checks")
     print(f"{'check':<16} {'configuration':<36} {'max rel error':>13}  result")
     failed, worst_all, t0 = 0, 0.0, time.perf_counter()
     for check in checks:
-        rows, worst, ok = run_check(check, backend_name(xp), dtype)
+        rows, worst, ok = run_check(check, backend_name(xp), dtype, impl=impl)
         failed += not ok
         worst_all = max(worst_all, worst)
         print(f"{check.name:<16} {check.config:<36} {worst:>13.2e}  {'pass' if ok else 'FAIL'}")

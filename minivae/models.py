@@ -12,18 +12,22 @@ is the negative ELBO plus a weight penalty:
 
 Both models run the same forward/backward (VAE.loss_and_grads); they differ only in the layers,
 in what the second encoder head means (log sigma for seed 000, log sigma^2 for seed 001) and in
-which parameters the L2 penalty covers.
+which parameters the L2 penalty covers. A model takes its layer classes from its tier's set
+(impl: layers.py, or the fast twins in minivae/fast/layers.py); the code below is the same.
 """
 
 from typing import NamedTuple
 
 import numpy as np
 
+from minivae import layers
 from minivae.backend import array_module, backend_name, get_backend, make_rng, resolve_impl
-from minivae.conv import batch_first, batch_last
-from minivae.layers import (ConvTranspose2d, Conv2d, Dense, Flatten, ParamView, ReLU, Reshape,
-                            Sequential, Tanh)
+from minivae.fast import layers as fast_layers
+from minivae.layers import ParamView
 from minivae.losses import bce_with_logits, kl_log_sigma, kl_log_var, l2_penalty
+
+# The layer classes a model is built from, by tier: the one place a model's tier is chosen.
+LAYER_SETS = {"plain": layers, "fast": fast_layers}
 
 
 class LossTerms(NamedTuple):
@@ -43,7 +47,8 @@ def reparametrize(mu, log_var, eps):
 class VAE:
     """What both seed models share. A subclass builds encoder / mu / scale / decoder and sets:
 
-    LOG_SIGMA_PER_UNIT  c with log sigma = c * (scale head output): 1 for log sigma, 1/2 for log sigma^2
+    LOG_SIGMA_PER_UNIT  c with log sigma = c * (scale head output): 1 for log sigma,
+                        1/2 for log sigma^2
     kl_term             the matching function from losses.py
     regularized         names of the parameters the L2 penalty covers
     """
@@ -51,6 +56,7 @@ class VAE:
     def __init__(self, *, seed, dtype, backend, impl="auto"):
         self.xp = get_backend(backend)
         self.impl = resolve_impl(impl, self.xp)     # "plain" or "fast": the tier that computes
+        self.L = LAYER_SETS[self.impl]              # the layer classes of that tier
         self.dtype = np.dtype(dtype)
         self.rng = make_rng(seed)  # draws the initial weights, then the noise eps of each step
 
@@ -65,25 +71,25 @@ class VAE:
     def _layer_kwargs(self):
         return dict(dtype=self.dtype, backend=backend_name(self.xp), rng=self.rng)
 
-    # ---- the layout the layers compute in: the data's own here; ConvVAE keeps its images
-    # batch-last inside, converting the data once on the way in and the logits on the way out.
-
-    def _to_layers(self, x):
-        return x
-
-    def _from_layers(self, y):
-        return y
-
     # ---- inference
+
+    def heads(self, x):
+        """x -> (mu, s), each (N, latent): the encoder's two heads (s: log sigma or log sigma^2)."""
+        h = self.encoder.forward(x)
+        return self.mu.forward(h), self.scale.forward(h)
+
+    def log_var(self, s):
+        """log sigma^2 from the scale head's output s."""
+        return (2 * self.LOG_SIGMA_PER_UNIT) * s
 
     def encode(self, x):
         """x -> (mu, log sigma^2), each (N, latent)."""
-        h = self.encoder.forward(self._to_layers(x))
-        return self.mu.forward(h), (2 * self.LOG_SIGMA_PER_UNIT) * self.scale.forward(h)
+        mu, s = self.heads(x)
+        return mu, self.log_var(s)
 
     def decode(self, z):
         """z (N, latent) -> Bernoulli logits shaped like x."""
-        return self._from_layers(self.decoder.forward(z))
+        return self.decoder.forward(z)
 
     def draw_noise(self, n):
         """eps ~ N(0, 1) of shape (n, latent), drawn on the host from self.rng."""
@@ -103,23 +109,25 @@ class VAE:
         skips it, since nothing upstream of the data needs it).
         """
         terms, cache = self._forward(x, noise, beta, weight_decay)
-        logits, eps, sigma, dlogits, dmu_kl, dscale_kl, dreg = cache
+        logits, eps, log_var, dlogits, dmu_kl, dscale_kl, dreg = cache
         n = x.shape[0]
         # recon and kl are sums divided by n, so every elementwise gradient is divided by n too.
         dz = self.decoder.backward(dlogits / n)                          # (N, latent)
-        # z = mu + eps * sigma with sigma = exp(c * s), s = scale-head output:
+        # z = mu + eps * sigma with sigma = exp(log_var / 2) and log_var = 2 c s, s the scale
+        # head's output (c = LOG_SIGMA_PER_UNIT), so sigma = exp(c s):
         #   dz/dmu = 1,   dz/ds = eps * dsigma/ds = eps * c * sigma.
         # mu and s also feed the KL term directly, weighted by beta / n.
+        sigma = self.xp.exp(0.5 * log_var)
         dmu = dz + (beta / n) * dmu_kl
         dscale = dz * eps * (self.LOG_SIGMA_PER_UNIT * sigma) + (beta / n) * dscale_kl
         # Both heads read the same h, so dL/dh is the sum of what each head sends back.
         dh = self.mu.backward(dmu) + self.scale.backward(dscale)
-        self.encoder.layers[0].skip_input_grad = not input_grad
+        self.encoder.skip_input_grad = not input_grad
         dx = self.encoder.backward(dh)
         if input_grad:
             # x reaches the loss twice: through the encoder, and as the BCE target, where
             # d/dx [max(l,0) - l x + log(1 + e^-|l|)] = -l.
-            self.input_grad = self._from_layers(dx - logits / n)
+            self.input_grad = dx - logits / n
         # reg = lambda sum p^2 adds 2 lambda p to each penalised parameter's gradient.
         for name, g in dreg.items():
             self.grads[name] += g
@@ -127,18 +135,16 @@ class VAE:
 
     def _forward(self, x, noise, beta, weight_decay):
         n = x.shape[0]
-        x = self._to_layers(x)                                          # the BCE target too
-        h = self.encoder.forward(x)
-        mu, s = self.mu.forward(h), self.scale.forward(h)               # (N, latent) each
+        mu, s = self.heads(x)                                           # (N, latent) each
         eps = self.draw_noise(n) if noise is None else self.xp.asarray(noise).astype(mu.dtype)
-        sigma = self.xp.exp(self.LOG_SIGMA_PER_UNIT * s)
-        logits = self.decoder.forward(mu + eps * sigma)                 # shaped like x
+        log_var = self.log_var(s)
+        logits = self.decode(reparametrize(mu, log_var, eps))           # shaped like x
         bce, dlogits = bce_with_logits(logits, x)
         kl, dmu_kl, dscale_kl = self.kl_term(mu, s)
         reg, dreg = l2_penalty({k: self.params[k] for k in self.regularized}, weight_decay)
         recon, kl_value = float(bce.sum()) / n, float(kl.sum()) / n
         terms = LossTerms(recon + beta * kl_value + reg, recon, kl_value, reg)
-        return terms, (logits, eps, sigma, dlogits, dmu_kl, dscale_kl, dreg)
+        return terms, (logits, eps, log_var, dlogits, dmu_kl, dscale_kl, dreg)
 
     def __repr__(self):
         parts = [f"  {name}: {layer!r}".replace("\n", "\n  ") for name, layer in
@@ -160,12 +166,12 @@ class MLPVAE(VAE):
                  dtype=np.float32, backend="numpy", impl="auto"):
         super().__init__(seed=seed, dtype=dtype, backend=backend, impl=impl)
         self.input_dim, self.hidden_dim, self.latent_dim = input_dim, hidden_dim, latent_dim
-        kw = self._layer_kwargs()
-        self.encoder = Sequential(Dense(input_dim, hidden_dim, **kw), Tanh())
-        self.mu = Dense(hidden_dim, latent_dim, **kw)
-        self.scale = Dense(hidden_dim, latent_dim, **kw)               # log sigma
-        self.decoder = Sequential(Dense(latent_dim, hidden_dim, **kw), Tanh(),
-                                  Dense(hidden_dim, input_dim, **kw))
+        L, kw = self.L, self._layer_kwargs()
+        self.encoder = L.Sequential(L.Dense(input_dim, hidden_dim, **kw), L.Tanh())
+        self.mu = L.Dense(hidden_dim, latent_dim, **kw)
+        self.scale = L.Dense(hidden_dim, latent_dim, **kw)             # log sigma
+        self.decoder = L.Sequential(L.Dense(latent_dim, hidden_dim, **kw), L.Tanh(),
+                                    L.Dense(hidden_dim, input_dim, **kw))
         self._finish("log_sigma")
         self.regularized = [k for k in self.params if k.startswith("decoder.")]
 
@@ -178,8 +184,6 @@ class ConvVAE(VAE):
     decoder: Dense 10 -> 256 ReLU -> 256 ReLU -> 512 ReLU, reshape (32, 4, 4),
              2 x [ConvTranspose 4x4/2/1, 32 filters, ReLU], ConvTranspose 4x4/2/1 to 1 channel
     The L2 penalty covers every parameter once (the shared trunk is not counted twice).
-    Inside, the images are batch-last (C, H, W, N) from the data to the Flatten and from the
-    Reshape to the logits (layout="CHWN"), so no convolution transposes its input or output.
     """
 
     LOG_SIGMA_PER_UNIT = 0.5
@@ -189,33 +193,27 @@ class ConvVAE(VAE):
                  dtype=np.float32, backend="numpy", impl="auto"):
         super().__init__(seed=seed, dtype=dtype, backend=backend, impl=impl)
         self.latent_dim, self.hidden_dim, self.channels = latent_dim, hidden_dim, channels
-        kw, c, hd = self._layer_kwargs(), channels, hidden_dim
-        ckw = dict(kw, stride=2, padding=1, layout="CHWN")
-        self.encoder = Sequential(
-            Conv2d(1, c, 4, **ckw), ReLU(),                           # (c, 16, 16, N)
-            Conv2d(c, c, 4, **ckw), ReLU(),                           # (c, 8, 8, N)
-            Conv2d(c, c, 4, **ckw), ReLU(),                           # (c, 4, 4, N)
-            Flatten(layout="CHWN"),                                   # (N, 16c)
-            Dense(16 * c, hd, **kw), ReLU(),
-            Dense(hd, hd, **kw), ReLU())                              # (N, hd)
-        self.mu = Dense(hd, latent_dim, **kw)
-        self.scale = Dense(hd, latent_dim, **kw)                      # log sigma^2
-        self.decoder = Sequential(
-            Dense(latent_dim, hd, **kw), ReLU(),
-            Dense(hd, hd, **kw), ReLU(),
-            Dense(hd, 16 * c, **kw), ReLU(),
-            Reshape(c, 4, 4, layout="CHWN"),                          # (c, 4, 4, N)
-            ConvTranspose2d(c, c, 4, **ckw), ReLU(),                  # (c, 8, 8, N)
-            ConvTranspose2d(c, c, 4, **ckw), ReLU(),                  # (c, 16, 16, N)
-            ConvTranspose2d(c, 1, 4, **ckw))                          # (1, 32, 32, N) logits
+        L, kw, c, hd = self.L, self._layer_kwargs(), channels, hidden_dim
+        ckw = dict(kw, stride=2, padding=1)
+        self.encoder = L.Sequential(
+            L.Conv2d(1, c, 4, **ckw), L.ReLU(),                       # (N, c, 16, 16)
+            L.Conv2d(c, c, 4, **ckw), L.ReLU(),                       # (N, c, 8, 8)
+            L.Conv2d(c, c, 4, **ckw), L.ReLU(),                       # (N, c, 4, 4)
+            L.Flatten(),                                              # (N, 16c)
+            L.Dense(16 * c, hd, **kw), L.ReLU(),
+            L.Dense(hd, hd, **kw), L.ReLU())                          # (N, hd)
+        self.mu = L.Dense(hd, latent_dim, **kw)
+        self.scale = L.Dense(hd, latent_dim, **kw)                    # log sigma^2
+        self.decoder = L.Sequential(
+            L.Dense(latent_dim, hd, **kw), L.ReLU(),
+            L.Dense(hd, hd, **kw), L.ReLU(),
+            L.Dense(hd, 16 * c, **kw), L.ReLU(),
+            L.Reshape(c, 4, 4),                                       # (N, c, 4, 4)
+            L.ConvTranspose2d(c, c, 4, **ckw), L.ReLU(),              # (N, c, 8, 8)
+            L.ConvTranspose2d(c, c, 4, **ckw), L.ReLU(),              # (N, c, 16, 16)
+            L.ConvTranspose2d(c, 1, 4, **ckw))                        # (N, 1, 32, 32) logits
         self._finish("log_var")
         self.regularized = list(self.params)
-
-    def _to_layers(self, x):
-        return batch_last(x)            # (N, 1, 32, 32) -> (1, 32, 32, N)
-
-    def _from_layers(self, y):
-        return batch_first(y)
 
 
 MODELS = {"mlp": MLPVAE, "conv": ConvVAE}

@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
+from minivae import layers
 from minivae.backend import BackendError, array_module, get_backend, to_host
-from minivae import conv
-from minivae.conv import col2im, conv_output_size, im2col
-from minivae.layers import (Conv2d, ConvTranspose2d, Dense, Flatten, ReLU, Reshape, Sequential,
-                            Sigmoid, Tanh)
+from minivae.conv import col2im, im2col
+from minivae.fast import layers as fast_layers
+from minivae.layers import Conv2d, ConvTranspose2d, Dense, Sequential, Tanh
 from minivae.losses import bce_with_logits, kl_log_sigma, kl_log_var, l2_penalty
 from minivae.models import ConvVAE, MLPVAE
 from minivae.optim import Adam
@@ -55,71 +55,6 @@ def test_conv2d_matches_a_direct_loop():
     np.testing.assert_allclose(y, expect, rtol=1e-12)
 
 
-def test_batch_last_layers_compute_the_same_numbers():
-    """layout="CHWN" is the NCHW layer with its input and output transposed, nothing else."""
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((3, 2, 7, 6))
-    to_last = (1, 2, 3, 0)                                  # (N, C, H, W) -> (C, H, W, N)
-    for make in (lambda **kw: Conv2d(2, 4, 3, 2, 1, dtype=np.float64, rng=5, **kw),
-                 lambda **kw: ConvTranspose2d(2, 4, (3, 2), 1, 2, dtype=np.float64, rng=5, **kw)):
-        a, b = make(), make(layout="CHWN")
-        y = a.forward(x)
-        np.testing.assert_allclose(b.forward(x.transpose(to_last)), y.transpose(to_last), rtol=1e-12)
-        g = rng.standard_normal(y.shape)
-        np.testing.assert_allclose(b.backward(g.transpose(to_last)),
-                                   a.backward(g).transpose(to_last), rtol=1e-12)
-        for k in a.grads:
-            np.testing.assert_allclose(b.grads[k], a.grads[k], rtol=1e-12)
-    flat = Flatten(layout="CHWN").forward(x.transpose(to_last))
-    np.testing.assert_array_equal(flat, Flatten().forward(x))
-    back = Reshape(2, 7, 6, layout="CHWN").forward(flat)
-    np.testing.assert_array_equal(back, x.transpose(to_last))
-    assert repr(Reshape(2, 7, 6, layout="CHWN")) == "Reshape(2, 7, 6, layout='CHWN')"
-    with pytest.raises(ValueError, match="layout"):
-        Conv2d(1, 1, 1, layout="NHWC")
-
-
-def conv_geometries():
-    """(kh, kw), stride, padding, (H, W): kernels 1-5 (one non-square), strides 1-3, pads 0-2,
-    including inputs with rows no kernel offset reaches (H + 2p - k not a multiple of s)."""
-    for kh, kw in [(1, 1), (2, 3), (3, 3), (4, 4), (5, 2)]:
-        for s in (1, 2, 3):
-            for p in (0, 1, 2):
-                for hw in ((7, 9), (6, 5)):
-                    if min(conv_output_size(hw[0], kh, s, p),
-                           conv_output_size(hw[1], kw, s, p)) >= 1:
-                        yield (kh, kw), s, p, hw
-
-
-def test_both_conv_plans_compute_the_same_numbers():
-    """Im2colPlan and PhasePlan: same forward, adjoint and weight gradient, every geometry."""
-    rng = np.random.default_rng(3)
-    for (kh, kw), s, p, hw in conv_geometries():
-        W = rng.standard_normal((4, 3, kh, kw))
-        a, b = (conv.conv_plan(W, hw, s, p, kind) for kind in ("im2col", "phases"))
-        x = rng.standard_normal((3,) + hw + (2,))
-        y = rng.standard_normal((4, a.Ho, a.Wo, 2))
-        Xa, Xb = a.input_matrix(x), b.input_matrix(x)
-        Ya, Yb = a.output_matrix(y), b.output_matrix(y)
-        close = dict(rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(b.forward(Xb), a.forward(Xa), **close)
-        np.testing.assert_allclose(b.adjoint(Yb), a.adjoint(Ya), **close)
-        np.testing.assert_allclose(b.weight_grad(Xb, Yb), a.weight_grad(Xa, Ya), **close)
-        # and the adjoint is the adjoint: <conv(x), y> = <x, adjoint(y)>
-        assert np.isclose((b.forward(Xb) * y).sum(), (x * b.adjoint(Yb)).sum(), rtol=1e-10)
-
-
-def test_conv_plan_picks_the_smaller_matrices():
-    # ConvVAE's 32 -> 32 channel 4x4 stride-2 layers take phases, its 1-channel ends im2col
-    def plan(w_shape, hw, s):
-        return type(conv.conv_plan(np.zeros(w_shape, np.float32), hw, s, 1))
-
-    assert plan((32, 32, 4, 4), (16, 16), 2) is conv.PhasePlan
-    assert plan((32, 32, 4, 4), (8, 8), 2) is conv.PhasePlan
-    assert plan((32, 1, 4, 4), (32, 32), 2) is conv.Im2colPlan
-    assert plan((32, 32, 3, 3), (16, 16), 1) is conv.Im2colPlan
-
-
 def test_col2im_is_the_adjoint_of_im2col():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, 7, 6))
@@ -128,10 +63,11 @@ def test_col2im_is_the_adjoint_of_im2col():
     assert np.isclose((cols * c).sum(), (x * col2im(c, x.shape, 3, 2, 2, 1)).sum(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("L", [layers, fast_layers], ids=["plain", "fast"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_layers_compute_in_the_dtype_they_are_given(dtype):
-    net = Sequential(Conv2d(1, 2, 3, 1, 1), ReLU(), ConvTranspose2d(2, 2, 2, 2), Tanh(), Flatten(),
-                     Dense(2 * 8 * 8, 5), Sigmoid(), Reshape(5, 1))
+def test_layers_compute_in_the_dtype_they_are_given(dtype, L):
+    net = L.Sequential(L.Conv2d(1, 2, 3, 1, 1), L.ReLU(), L.ConvTranspose2d(2, 2, 2, 2), L.Tanh(),
+                       L.Flatten(), L.Dense(2 * 8 * 8, 5), L.Sigmoid(), L.Reshape(5, 1))
     for k in net.params:
         net.params[k] = net.params[k].astype(dtype)
     y = net.forward(np.ones((2, 1, 4, 4), dtype))
@@ -193,8 +129,9 @@ def test_l2_penalty():
     np.testing.assert_allclose(grads["a"], [1.0, 2.0])
 
 
-def test_adam_matches_the_reference_formula_and_restores_exactly():
-    model = MLPVAE(input_dim=6, hidden_dim=5, latent_dim=2, seed=0, dtype=np.float64)
+@pytest.mark.parametrize("impl", ["plain", "fast"])
+def test_adam_matches_the_reference_formula_and_restores_exactly(impl):
+    model = MLPVAE(input_dim=6, hidden_dim=5, latent_dim=2, seed=0, dtype=np.float64, impl=impl)
     x = np.random.default_rng(0).random((4, 6))
     opt = Adam(model, lr=0.01)
     p0 = {k: model.params[k].copy() for k in model.params}
@@ -207,7 +144,8 @@ def test_adam_matches_the_reference_formula_and_restores_exactly():
         for k in p0:
             m[k] = 0.9 * m[k] + 0.1 * g[k]
             v[k] = 0.999 * v[k] + 0.001 * g[k] ** 2
-            p0[k] = p0[k] - 0.01 * (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v[k] / (1 - 0.999 ** t)) + 1e-8)
+            step = (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v[k] / (1 - 0.999 ** t)) + 1e-8)
+            p0[k] = p0[k] - 0.01 * step
             np.testing.assert_allclose(model.params[k], p0[k], rtol=1e-12, atol=1e-15)
     # a fresh optimizer loaded from state_dict continues on the same path
     state = {k: (a.copy() if hasattr(a, "copy") else a) for k, a in opt.state_dict().items()}
@@ -227,26 +165,31 @@ def test_adam_matches_the_reference_formula_and_restores_exactly():
         Adam(model, lr=0)
 
 
-def test_adam_loads_a_state_saved_as_means():
-    """Checkpoints written before Adam kept sums hold the means m, v (keys m.<name>, v.<name>):
-    they load as the sums M = m / (1 - b1), V = v / (1 - b2) and continue on the same path."""
-    model = MLPVAE(input_dim=6, hidden_dim=5, latent_dim=2, seed=0, dtype=np.float64)
+def test_adam_loads_the_state_of_either_tier():
+    """A checkpoint holds the plain Adam's means (m.<name>, v.<name>, also what checkpoints from
+    before the running sums hold) or the fast Adam's sums (M.<name>, V.<name>): M = m / (1 - b1),
+    V = v / (1 - b2). Each tier loads both."""
     x = np.random.default_rng(0).random((4, 6))
-    opt = Adam(model, lr=0.01)
-    for _ in range(2):
-        model.loss_and_grads(x, noise=np.ones((4, 2)))
-        opt.step()
-    state = opt.state_dict()
-    legacy = {k: state[k] for k in ("t", "lr", "b1", "b2", "eps")}
-    legacy.update({"m." + k: 0.1 * a for k, a in opt.M.items()})
-    legacy.update({"v." + k: 0.001 * a for k, a in opt.V.items()})
-    opt2 = Adam(model, lr=0.5)
-    opt2.load_state_dict(legacy)
-    for k in opt.M:
-        np.testing.assert_allclose(opt2.M[k], opt.M[k], rtol=1e-14)
-        np.testing.assert_allclose(opt2.V[k], opt.V[k], rtol=1e-14)
+    opts = {}
+    for impl in ("plain", "fast"):
+        model = MLPVAE(input_dim=6, hidden_dim=5, latent_dim=2, seed=0, dtype=np.float64, impl=impl)
+        opts[impl] = Adam(model, lr=0.01)
+        for _ in range(2):
+            model.loss_and_grads(x, noise=np.ones((4, 2)))
+            opts[impl].step()
+    plain, fast = opts["plain"], opts["fast"]
+    for k in plain.m:
+        np.testing.assert_allclose(fast.M[k], plain.m[k] / 0.1, rtol=1e-12)
+        np.testing.assert_allclose(fast.V[k], plain.v[k] / 0.001, rtol=1e-12)
+    into_plain = Adam(plain.model, lr=0.5)
+    into_plain.load_state_dict(fast.state_dict())
+    into_fast = Adam(fast.model, lr=0.5)
+    into_fast.load_state_dict(plain.state_dict())
+    for k in plain.m:
+        np.testing.assert_allclose(into_plain.m[k], plain.m[k], rtol=1e-12)
+        np.testing.assert_allclose(into_fast.V[k], fast.V[k], rtol=1e-12)
     with pytest.raises(KeyError):
-        opt2.load_state_dict({k: v for k, v in legacy.items() if k != "m.mu.W"})
+        into_plain.load_state_dict({k: v for k, v in fast.state_dict().items() if k != "M.mu.W"})
 
 
 def test_mlp_vae_follows_seed_000():

@@ -1,5 +1,6 @@
-"""The gradient-check suite, on every backend: each hand-written backward against finite
-differences (see minivae/gradcheck.py for how a check works and why the tolerances)."""
+"""The gradient-check suite, on every backend and in both tiers of the engine: each hand-written
+backward against finite differences (see minivae/gradcheck.py for how a check works and why the
+tolerances)."""
 
 import numpy as np
 import pytest
@@ -12,12 +13,14 @@ CUPY_OK = cupy_status()[0] is not None
 
 BACKENDS = ["numpy", pytest.param("cupy", marks=pytest.mark.skipif(
     not CUPY_OK, reason="CuPy has no usable GPU here"))]
+IMPLS = ["plain", "fast"]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("check", CHECKS, ids=[f"{c.name}[{c.config}]" for c in CHECKS])
-def test_float64_gradients_match_finite_differences(check, backend):
-    rows, worst, ok = gradcheck.run_check(check, backend, np.float64)
+def test_float64_gradients_match_finite_differences(check, backend, impl):
+    rows, worst, ok = gradcheck.run_check(check, backend, np.float64, impl=impl)
     assert ok, f"{check.name} {check.config}: " + ", ".join(f"{k}={e:.2e}" for k, e in rows)
 
 
@@ -27,10 +30,12 @@ FLOAT32_CHECKS = [c for c in CHECKS if c.name in ("MLPVAE", "ConvVAE")] + [
     c for c in CHECKS if c.name in ("Conv2d", "ConvTranspose2d")][:4]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("check", FLOAT32_CHECKS, ids=[f"{c.name}[{c.config}]" for c in FLOAT32_CHECKS])
-def test_float32_gradients_match_float64_finite_differences(check, backend):
-    rows, worst, ok = gradcheck.run_check(check, backend, np.float32)
+@pytest.mark.parametrize("check", FLOAT32_CHECKS,
+                         ids=[f"{c.name}[{c.config}]" for c in FLOAT32_CHECKS])
+def test_float32_gradients_match_float64_finite_differences(check, backend, impl):
+    rows, worst, ok = gradcheck.run_check(check, backend, np.float32, impl=impl)
     assert ok, f"{check.name} {check.config}: " + ", ".join(f"{k}={e:.2e}" for k, e in rows)
 
 
@@ -47,7 +52,8 @@ def test_suite_covers_the_configurations_the_engine_promises():
     assert any(n == 1 for *_, n in configs)
 
 
-def test_a_wrong_backward_is_caught():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_wrong_backward_is_caught(impl):
     """The suite must be able to fail: break Dense's weight gradient and watch it."""
     from minivae import layers
 
@@ -61,7 +67,7 @@ def test_a_wrong_backward_is_caught():
     check = next(c for c in CHECKS if c.name == "Dense" and "17" in c.config)
     layers.Dense.backward = broken
     try:
-        _, worst, ok = gradcheck.run_check(check)
+        _, worst, ok = gradcheck.run_check(check, impl=impl)
     finally:
         layers.Dense.backward = original
     assert not ok and worst > 1e-4
@@ -76,3 +82,7 @@ def test_cli_table(capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "3 passed, 0 failed" in out and "Dense" in out and "  W" in out
+    assert "fast tier" in out                     # auto on NumPy
+    code = gradcheck.run_cli(parser.parse_args(["--filter", "relu", "--impl", "plain"]))
+    out = capsys.readouterr().out
+    assert code == 0 and "plain tier" in out and "1 passed, 0 failed" in out

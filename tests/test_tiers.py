@@ -1,0 +1,317 @@
+"""The two tiers compute the same numbers: every fast piece against its plain twin, over every
+geometry the gradient checks use (float64, equal to rounding); the plain convolution against
+loops over every output pixel (tests/reference_conv.py); Adam's two forms over many steps and
+across checkpoints; whole models in both tiers."""
+
+import numpy as np
+import pytest
+from reference_conv import conv_backward_naive, conv_forward_naive
+
+from minivae import conv, gradcheck, layers
+from minivae.fast import conv as fast_conv
+from minivae.fast import layers as fast_layers
+from minivae.fast.conv import batch_first, batch_last
+from minivae.models import ConvVAE, MLPVAE
+from minivae.optim import Adam
+
+CLOSE = dict(rtol=1e-11, atol=1e-13)
+
+
+def geometries():
+    """((kh, kw), stride, padding, (H, W), batch) of every convolution the gradient checks run."""
+    for k, s, p, hw, n in gradcheck.conv_configs() + gradcheck.STACK_CONFIGS:
+        yield ((k, k) if isinstance(k, int) else k), s, p, hw, n
+
+
+GEOMETRIES = list(geometries())
+IDS = [f"k={kh}x{kw},s={s},p={p},x={hw}" for (kh, kw), s, p, hw, _ in GEOMETRIES]
+
+
+def out_hw(kernel, s, p, hw):
+    return tuple(conv.conv_output_size(d, k, s, p) for d, k in zip(hw, kernel))
+
+
+# --------------------------------------------------------------------------------------------
+# The plain convolution against the naive loops
+
+
+@pytest.mark.parametrize("kernel, s, p, hw, n", GEOMETRIES, ids=IDS)
+def test_plain_conv_matches_the_naive_loops(kernel, s, p, hw, n):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 3) + hw)
+    W, b = rng.standard_normal((4, 3) + kernel), rng.standard_normal(4)
+    y = conv.conv2d(x, W, s, p) + b.reshape(-1, 1, 1)
+    np.testing.assert_allclose(y, conv_forward_naive(x, W, b, s, p), **CLOSE)
+    dy = rng.standard_normal(y.shape)
+    dx, dW, db = conv_backward_naive(dy, x, W, s, p)
+    np.testing.assert_allclose(conv.conv_transpose2d(dy, W, s, p, hw), dx, **CLOSE)
+    np.testing.assert_allclose(conv.conv2d_weight_grad(x, dy, kernel, s, p), dW, **CLOSE)
+    # and the layers, whose backward is those three lines
+    layer = layers.Conv2d(3, 4, kernel, s, p, dtype=np.float64)
+    layer.params.update(W=W, b=b)
+    np.testing.assert_allclose(layer.forward(x), y, **CLOSE)
+    np.testing.assert_allclose(layer.backward(dy), dx, **CLOSE)
+    np.testing.assert_allclose(layer.grads["W"], dW, **CLOSE)
+    np.testing.assert_allclose(layer.grads["b"], db, **CLOSE)
+
+
+# --------------------------------------------------------------------------------------------
+# fast/conv.py against conv.py
+
+
+def test_batch_last_and_first_are_transposes():
+    rng = np.random.default_rng(1)
+    for shape in [(13, 3, 5, 4), (8, 7), (1, 2, 3), (20, 1, 4, 4)]:
+        x = rng.standard_normal(shape)
+        last = batch_last(x)
+        np.testing.assert_array_equal(last, np.moveaxis(x, 0, -1))
+        np.testing.assert_array_equal(batch_first(last), x)
+
+
+@pytest.mark.parametrize("kernel, s, p, hw, n", GEOMETRIES, ids=IDS)
+def test_fast_im2col_and_col2im_match_plain(kernel, s, p, hw, n):
+    (kh, kw), (Ho, Wo) = kernel, out_hw(kernel, s, p, hw)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((n, 3) + hw)
+    plain = conv.im2col(x, kh, kw, s, p).reshape(n, 3, kh, kw, Ho, Wo)
+    fast = fast_conv.im2col(batch_last(x), kh, kw, s, p).reshape(kh, kw, 3, Ho, Wo, n)
+    np.testing.assert_array_equal(fast.transpose(5, 2, 0, 1, 3, 4), plain)
+    cols = rng.standard_normal((n, 3, kh, kw, Ho, Wo))
+    plain_x = conv.col2im(cols, x.shape, kh, kw, s, p)
+    fast_x = fast_conv.col2im(np.ascontiguousarray(cols.transpose(2, 3, 1, 4, 5, 0)),
+                              (3,) + hw + (n,), kh, kw, s, p)
+    np.testing.assert_allclose(batch_first(fast_x), plain_x, **CLOSE)
+
+
+@pytest.mark.parametrize("kind", ["im2col", "phases"])
+@pytest.mark.parametrize("kernel, s, p, hw, n", GEOMETRIES, ids=IDS)
+def test_fast_conv_plans_match_plain(kernel, s, p, hw, n, kind):
+    """Each plan's forward, adjoint and weight gradient are conv2d, conv_transpose2d and
+    conv2d_weight_grad, read batch-last."""
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((4, 3) + kernel)
+    x = rng.standard_normal((n, 3) + hw)
+    dy = rng.standard_normal((n, 4) + out_hw(kernel, s, p, hw))
+    plan = fast_conv.conv_plan(W, hw, s, p, kind)
+    X, Y = plan.input_matrix(batch_last(x)), plan.output_matrix(batch_last(dy))
+    np.testing.assert_allclose(batch_first(plan.forward(X)), conv.conv2d(x, W, s, p), **CLOSE)
+    np.testing.assert_allclose(batch_first(plan.adjoint(Y)),
+                               conv.conv_transpose2d(dy, W, s, p, hw), **CLOSE)
+    np.testing.assert_allclose(plan.weight_grad(X, Y),
+                               conv.conv2d_weight_grad(x, dy, kernel, s, p), **CLOSE)
+
+
+def test_conv_plan_picks_the_smaller_matrices():
+    # ConvVAE's 32 -> 32 channel 4x4 stride-2 layers take phases, its 1-channel ends im2col
+    def plan(w_shape, hw, s):
+        return type(fast_conv.conv_plan(np.zeros(w_shape, np.float32), hw, s, 1))
+
+    assert plan((32, 32, 4, 4), (16, 16), 2) is fast_conv.PhasePlan
+    assert plan((32, 32, 4, 4), (8, 8), 2) is fast_conv.PhasePlan
+    assert plan((32, 1, 4, 4), (32, 32), 2) is fast_conv.Im2colPlan
+    assert plan((32, 32, 3, 3), (16, 16), 1) is fast_conv.Im2colPlan
+
+
+def test_fast_bias_grad_is_the_sum():
+    dy = np.random.default_rng(4).standard_normal((5, 3, 4, 7))          # NCHW
+    np.testing.assert_allclose(fast_layers.bias_grad(batch_last(dy), {}),
+                               dy.sum(axis=(0, 2, 3)), **CLOSE)
+
+
+# --------------------------------------------------------------------------------------------
+# fast/layers.py against layers.py
+
+
+def run_both(make, x, seed=0):
+    """forward, backward (random dy) and grads of make(L) in each tier, through L.Sequential."""
+    out = []
+    for L in (layers, fast_layers):
+        layer = make(L)
+        net = L.Sequential(layer)
+        y = net.forward(x)
+        dy = np.random.default_rng(seed).standard_normal(y.shape)
+        dx = net.backward(dy)
+        out.append((y, dx, {k: layer.grads[k] for k in layer.params}))
+    return out
+
+
+def assert_same(plain, fast):
+    (y0, dx0, g0), (y1, dx1, g1) = plain, fast
+    np.testing.assert_allclose(y1, y0, **CLOSE)
+    np.testing.assert_allclose(dx1, dx0, **CLOSE)
+    assert g1.keys() == g0.keys()
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], **CLOSE)
+
+
+@pytest.mark.parametrize("kernel, s, p, hw, n", GEOMETRIES, ids=IDS)
+def test_fast_conv_layers_match_plain(kernel, s, p, hw, n):
+    x = np.random.default_rng(5).standard_normal((n, 3) + hw)
+    kw = dict(dtype=np.float64, rng=6)
+    assert_same(*run_both(lambda L: L.Conv2d(3, 4, kernel, s, p, **kw), x))
+    xt = np.random.default_rng(7).standard_normal((n, 4) + out_hw(kernel, s, p, hw))
+    assert_same(*run_both(lambda L: L.ConvTranspose2d(4, 3, kernel, s, p, **kw), xt))
+    assert_same(*run_both(lambda L: L.Sequential(L.Conv2d(3, 4, kernel, s, p, **kw), L.ReLU(),
+                                                 L.ConvTranspose2d(4, 3, kernel, s, p, **kw)), x))
+    ho = out_hw(kernel, s, p, hw)
+    assert_same(*run_both(lambda L: L.Sequential(L.Conv2d(3, 4, kernel, s, p, **kw), L.ReLU(),
+                                                 L.Flatten(), L.Dense(4 * ho[0] * ho[1], 5, **kw)),
+                          x))
+    z = np.random.default_rng(8).standard_normal((n, 5))
+    assert_same(*run_both(lambda L: L.Sequential(L.Dense(5, 4 * ho[0] * ho[1], **kw), L.ReLU(),
+                                                 L.Reshape(4, *ho),
+                                                 L.ConvTranspose2d(4, 3, kernel, s, p, **kw)), z))
+
+
+def test_fast_relu_flatten_reshape_match_plain():
+    x = np.random.default_rng(9).standard_normal((3, 2, 5, 4))
+    for make in (lambda L: L.ReLU(), lambda L: L.Flatten()):
+        assert_same(*run_both(make, x))
+    assert_same(*run_both(lambda L: L.Reshape(2, 5, 2, 2), x.reshape(3, -1)))
+    # the fast ReLU keeps its zeros between calls: a second batch of another size still works
+    relu = fast_layers.ReLU()
+    relu.forward(x)
+    np.testing.assert_array_equal(relu.forward(x[:2, :1]), np.maximum(x[:2, :1], 0))
+
+
+def test_fast_sequential_converts_only_where_the_layout_changes():
+    L, kw = fast_layers, dict(dtype=np.float64)
+    enc = L.Sequential(L.Conv2d(1, 2, 3, **kw), L.ReLU(), L.Conv2d(2, 2, 3, **kw), L.Flatten(),
+                       L.Dense(8, 3, **kw))
+    assert [type(s).__name__ for s in enc.steps] == [
+        "ToBatchLast", "Conv2d", "ReLU", "Conv2d", "Flatten", "Dense"]
+    dec = L.Sequential(L.Dense(3, 8, **kw), L.Reshape(2, 2, 2), L.ConvTranspose2d(2, 1, 3, **kw))
+    assert [type(s).__name__ for s in dec.steps] == [
+        "Dense", "Reshape", "ConvTranspose2d", "ToBatchFirst"]
+    assert list(enc.params) == ["0.W", "0.b", "2.W", "2.b", "4.W", "4.b"]
+
+
+@pytest.mark.parametrize("L", [layers, fast_layers], ids=["plain", "fast"])
+def test_every_layer_with_parameters_honours_skip_input_grad(L):
+    kw = dict(dtype=np.float64, rng=0)
+    rng = np.random.default_rng(10)
+    for layer, x in [(L.Dense(4, 3, **kw), rng.standard_normal((2, 4))),
+                     (L.Conv2d(2, 3, 3, **kw), rng.standard_normal((2, 2, 5, 5))),
+                     (L.ConvTranspose2d(2, 3, 3, **kw), rng.standard_normal((2, 2, 5, 5)))]:
+        net = L.Sequential(layer)
+        y = net.forward(x)
+        net.skip_input_grad = True
+        assert net.backward(np.ones_like(y)) is None
+        assert set(layer.grads) == {"W", "b"}
+        net.skip_input_grad = False
+        assert net.backward(np.ones_like(y)).shape == x.shape
+
+
+# --------------------------------------------------------------------------------------------
+# Adam: the textbook form and the flat one
+
+
+class Weights:
+    """The least a model must offer Adam: impl, params, grads."""
+
+    def __init__(self, impl, seed=0):
+        rng = np.random.default_rng(seed)
+        self.impl = impl
+        self.params = {"a.W": rng.standard_normal((7, 5)), "a.b": rng.standard_normal(5),
+                       "b.W": rng.standard_normal((3, 2, 4, 4))}
+        self.grads = {}
+
+
+def gradients(steps, seed=1):
+    """A fixed sequence of gradients, some tiny (where Adam's eps matters) and some zero."""
+    rng = np.random.default_rng(seed)
+    shapes = {k: v.shape for k, v in Weights("plain").params.items()}
+    for t in range(steps):
+        g = {k: rng.standard_normal(s) * 10.0 ** rng.integers(-9, 2) for k, s in shapes.items()}
+        g["a.b"][t % 5] = 0.0
+        yield g
+
+
+def run_adam(impl, steps, opt=None, model=None, grads=None):
+    model = model or Weights(impl)
+    opt = opt or Adam(model, lr=1e-2)
+    for g in grads if grads is not None else gradients(steps):
+        model.grads = g
+        opt.step()
+    return model, opt
+
+
+def test_plain_and_fast_adam_agree_over_many_steps():
+    plain, popt = run_adam("plain", 300)
+    fast, fopt = run_adam("fast", 300)
+    assert type(popt).__module__ == "minivae.optim"
+    assert type(fopt).__module__ == "minivae.fast.optim"
+    for k in plain.params:
+        np.testing.assert_allclose(fast.params[k], plain.params[k], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("saver, loader", [("plain", "plain"), ("fast", "fast"),
+                                           ("plain", "fast"), ("fast", "plain")])
+def test_adam_state_resumes_in_either_tier(saver, loader):
+    """Stop after 20 steps, save, load into a fresh optimizer (of either tier) and continue:
+    the same tier continues bit for bit, the other to rounding."""
+    grads = list(gradients(40))
+    reference, _ = run_adam(saver, 40, grads=grads)
+    model, opt = run_adam(saver, 20, grads=grads[:20])
+    state = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in opt.state_dict().items()}
+    model.impl = loader
+    opt2 = Adam(model, lr=0.5)
+    opt2.load_state_dict(state)
+    assert opt2.t == 20 and opt2.lr == 1e-2
+    run_adam(loader, 20, opt=opt2, model=model, grads=grads[20:])
+    for k in model.params:
+        if saver == loader:
+            np.testing.assert_array_equal(model.params[k], reference.params[k])
+        else:
+            np.testing.assert_allclose(model.params[k], reference.params[k], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["plain", "fast"])
+def test_adam_state_keys_and_bad_states(impl):
+    _, opt = run_adam(impl, 2)
+    state = opt.state_dict()
+    means, squares = ("m", "v") if impl == "plain" else ("M", "V")
+    assert {"t", "lr", "b1", "b2", "eps", f"{means}.a.W", f"{squares}.b.W"} <= set(state)
+    fresh = Adam(Weights(impl), lr=1e-3)
+    with pytest.raises(KeyError):
+        fresh.load_state_dict({k: v for k, v in state.items() if k != f"{means}.a.b"})
+    bad = dict(state, **{f"{means}.a.b": np.zeros(4)})
+    with pytest.raises(ValueError, match="shape"):
+        fresh.load_state_dict(bad)
+    with pytest.raises(ValueError, match="learning rate"):
+        Adam(Weights(impl), lr=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole models
+
+
+@pytest.mark.parametrize("cls, shape", [(MLPVAE, (4, 784)), (ConvVAE, (3, 1, 32, 32))],
+                         ids=["mlp", "conv"])
+def test_models_compute_the_same_in_both_tiers(cls, shape):
+    plain, fast = (cls(seed=2, dtype=np.float64, impl=impl) for impl in ("plain", "fast"))
+    assert plain.impl == "plain" and fast.impl == "fast"
+    assert list(plain.params) == list(fast.params)
+    for k in plain.params:                        # the same weights from the same seed
+        np.testing.assert_array_equal(plain.params[k], fast.params[k])
+    rng = np.random.default_rng(11)
+    x, noise = rng.random(shape), rng.standard_normal((shape[0], plain.latent_dim))
+    a = plain.loss_and_grads(x, noise=noise, beta=0.7, weight_decay=0.02, input_grad=True)
+    b = fast.loss_and_grads(x, noise=noise, beta=0.7, weight_decay=0.02, input_grad=True)
+    for ta, tb in zip(a, b):
+        assert tb == pytest.approx(ta, rel=1e-12)
+    for k in plain.grads:
+        np.testing.assert_allclose(fast.grads[k], plain.grads[k], **CLOSE)
+    np.testing.assert_allclose(fast.input_grad, plain.input_grad, **CLOSE)
+    for got, want in zip(fast.encode(x), plain.encode(x)):
+        np.testing.assert_allclose(got, want, **CLOSE)
+    z = noise[:, :plain.latent_dim]
+    np.testing.assert_allclose(fast.decode(z), plain.decode(z), **CLOSE)
+    # and a few Adam steps later they are still together
+    opts = Adam(plain, lr=1e-3), Adam(fast, lr=1e-3)
+    for _ in range(3):
+        for model, opt in zip((plain, fast), opts):
+            model.loss_and_grads(x, noise=noise)
+            opt.step()
+    for k in plain.params:
+        np.testing.assert_allclose(fast.params[k], plain.params[k], rtol=1e-8, atol=1e-10)
