@@ -142,11 +142,11 @@ class Checkpoint:
                 raise TrainError(f"checkpoint {self.path}: parameter {name} has shape "
                                  f"{saved.shape}, the model expects {p.shape}")
         if opt is not None:
-            # Adam's sums M.<name> / V.<name>; checkpoints of the first format hold the means
-            # m.<name> / v.<name> instead (Adam.load_state_dict converts them).
-            old_name = {"M.": "m.", "V.": "v."}
+            # Adam's state holds the means m.<name> / v.<name> (plain tier) or the running sums
+            # M.<name> / V.<name> (fast tier); either tier's load_state_dict converts the other's.
+            other = {"M.": "m.", "V.": "v.", "m.": "M.", "v.": "V."}
             missing = [k for k in opt.state_dict() if k not in self.optim
-                       and old_name.get(k[:2], "") + k[2:] not in self.optim]
+                       and other.get(k[:2], "") + k[2:] not in self.optim]
             if missing:
                 raise TrainError(f"checkpoint {self.path}: optimizer state lacks "
                                  f"{', '.join(missing)}")
