@@ -6,7 +6,7 @@
 
 Each convolution alone, forward then backward on a fixed input and output gradient at the conv
 seed's batch (64), with the input gradient for every layer but the first, as in training. minivae's
-layers compute batch-last (layout="CHWN", as inside ConvVAE), PyTorch's take NCHW tensors. Each
+layers are the fast tier's, batch-last as inside ConvVAE, PyTorch's take NCHW tensors. Each
 library runs in fresh processes of its own, so neither one's idle worker threads sit on the
 cores while the other computes, and each first frees a 16 MiB block, as compare_torch.py does
 (a heap that has not, maps PyTorch's convolution buffers afresh at every call: a page fault per

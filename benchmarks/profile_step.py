@@ -3,9 +3,9 @@
     python benchmarks/profile_step.py conv          # or mlp; --steps, --top, --batch-size
     OPENBLAS_NUM_THREADS=1 python benchmarks/profile_step.py conv
 
-Own ("tottime") times per step: in conv.py the matrix products show up as the own time of
-conv2d / _conv2d_transpose_* / conv2d_weight_grad, the data movement as im2col / col2im /
-batch_last / batch_first / ascontiguousarray.
+Own ("tottime") times per step, for the model of the default tier (auto: fast on NumPy): the
+matrix products show up as the own time of the fast tier's conv plans (minivae/fast/conv.py),
+the data movement as im2col / col2im / batch_last / batch_first / ascontiguousarray.
 """
 
 import argparse
@@ -54,7 +54,8 @@ def main():
     rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:args.top]
     for (path, line, name), (_, _, own, cum, _) in rows:
         where = f"{os.path.basename(path)}:{line}({name})" if line else name
-        print(f"  {own / args.steps * 1e3:7.2f} ms own  {cum / args.steps * 1e3:7.2f} ms total  {where}")
+        own_ms, cum_ms = own / args.steps * 1e3, cum / args.steps * 1e3
+        print(f"  {own_ms:7.2f} ms own  {cum_ms:7.2f} ms total  {where}")
 
 
 if __name__ == "__main__":
