@@ -598,6 +598,16 @@ def test_to_float_matches_batches():
         to_float(IMAGES.astype(np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_to_float_is_exactly_v_over_255_in_the_dtype(dtype):
+    v = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    exact = (np.arange(256) / 255.0).astype(dtype).reshape(1, 1, 16, 16)   # float64, rounded
+    for pad in (0, 2):
+        x = to_float(v, dtype=dtype, pad=pad)
+        assert x.dtype == dtype
+        np.testing.assert_array_equal(x[:, :, pad:pad + 16, pad:pad + 16], exact)
+
+
 def test_batches_are_deterministic_under_a_seed():
     def epoch(rng):
         return np.concatenate([y for _, y in batches(IMAGES, LABELS, batch_size=7, rng=rng)])

@@ -186,6 +186,31 @@ def test_fast_sequential_converts_only_where_the_layout_changes():
     assert list(enc.params) == ["0.W", "0.b", "2.W", "2.b", "4.W", "4.b"]
 
 
+def test_fast_relu_works_in_place_only_between_layers_that_give_fresh_arrays():
+    L, kw = fast_layers, dict(dtype=np.float64)
+    model = ConvVAE(seed=0, impl="fast")
+    in_place = [[isinstance(s, L.ReLU) and s.in_place for s in seq.steps]
+                for seq in (model.encoder, model.decoder)]
+    # encoder: ToBatchLast, conv, relu, conv, relu, conv, relu, flatten, dense, relu, dense, relu
+    assert [i for i, v in enumerate(in_place[0]) if v] == [2, 4, 9]
+    # decoder: dense, relu, dense, relu, dense, relu, reshape, convT, relu, convT, relu, convT, ..
+    assert [i for i, v in enumerate(in_place[1]) if v] == [1, 3, 8, 10]
+    # what comes from outside a Sequential is never written: its input, and the dy handed to it
+    net = L.Sequential(L.ReLU(), L.Dense(3, 3, **kw), L.ReLU(), L.Dense(3, 2, **kw), L.ReLU())
+    assert [s.in_place for s in net.steps if isinstance(s, L.ReLU)] == [False, True, False]
+    rng = np.random.default_rng(12)
+    x, dy = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    x0, dy0 = x.copy(), dy.copy()
+    net.forward(x)
+    net.backward(dy)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(dy, dy0)
+    relu = L.ReLU()                                     # on its own it copies, as plain does
+    relu.forward(x)
+    relu.backward(x0)
+    np.testing.assert_array_equal(x, x0)
+
+
 @pytest.mark.parametrize("L", [layers, fast_layers], ids=["plain", "fast"])
 def test_every_layer_with_parameters_honours_skip_input_grad(L):
     kw = dict(dtype=np.float64, rng=0)

@@ -8,7 +8,8 @@ what it saves.
     fast/conv.py     batch-last im2col / col2im, conv plans with kept buffers (PhasePlan: space to
                      depth for strided convolutions), the batch-last <-> batch-first copies
     fast/layers.py   the layer set a fast model is built from: batch-last convolutions, Flatten
-                     and Reshape, a ReLU against kept zeros, a Sequential that converts layouts
+                     and Reshape, a ReLU against kept zeros (in place inside a stack), a
+                     Sequential that converts layouts
     fast/optim.py    Adam over flat vectors of running sums
 
 A model picks its tier once (models.VAE: impl="auto" | "plain" | "fast", auto = fast on NumPy,

@@ -109,19 +109,29 @@ class ConvTranspose2d(layers.ConvTranspose2d):
 
 
 class ReLU(layers.ReLU):
-    """Twin of layers.ReLU: max(x, 0) taken against an array of zeros kept from call to call.
+    """Twin of layers.ReLU: max(x, 0) taken against an array of zeros kept from call to call,
+    in place where the Sequential knows nobody else reads the arrays.
 
     NumPy's vectorised loop for maximum wants two arrays; against the scalar 0 it is 3x slower.
+    in_place (set by Sequential): the forward overwrites its input x, the fresh output of the
+    layer before it that nothing else keeps, and the backward overwrites dy, the fresh input
+    gradient of the layer after it. Writing into arrays just written (still in cache) instead
+    of new ones: ConvVAE's ReLUs take 1.8 ms of a training step instead of 3.5 (profile_step.py),
+    and the step 5-10% less time (ab.py against the copying ReLU: 0.90 and 0.95 in two runs).
     """
 
     zeros = None
+    in_place = False
 
     def forward(self, x):
         zeros = self.zeros
         if zeros is None or zeros.shape != x.shape[1:] or zeros.dtype != x.dtype:
             zeros = self.zeros = array_module(x).zeros(x.shape[1:], dtype=x.dtype)
-        self.y = array_module(x).maximum(x, zeros)
+        self.y = array_module(x).maximum(x, zeros, out=x if self.in_place else None)
         return self.y
+
+    def backward(self, dy):
+        return array_module(dy).multiply(dy, self.y > 0, out=dy if self.in_place else None)
 
 
 class Flatten(layers.Flatten):
@@ -173,6 +183,10 @@ class ToBatchFirst(layers.Layer):
         return batch_last(dy)
 
 
+# Layers whose forward and backward each return a new array that they do not keep.
+FRESH = (Dense, Conv2d, ConvTranspose2d)
+
+
 def layout(layer):
     """(the layout layer takes, the one it gives): "first", "last", or None for either."""
     if isinstance(layer, (layers.ReLU, layers.Tanh, layers.Sigmoid)):
@@ -200,6 +214,10 @@ class Sequential(layers.Sequential):
                 current = gives
         if current != "first":
             self.steps.append(ToBatchFirst())
+        # A ReLU between two layers that return fresh arrays may work in place (see ReLU).
+        for before, relu, after in zip(self.steps, self.steps[1:], self.steps[2:]):
+            if isinstance(relu, ReLU) and isinstance(before, FRESH) and isinstance(after, FRESH):
+                relu.in_place = True
 
     def forward(self, x):
         for step in self.steps:
