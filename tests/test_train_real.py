@@ -49,3 +49,19 @@ def test_mlp_on_mnist_from_the_shared_mirror(tmp_path, real_data_mirror, capsys)
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert (tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz").is_file()
     assert Checkpoint(out / "checkpoints" / "model-1.npz").config["dataset"] == "mnist"
+
+
+def test_plain_and_fast_tiers_land_on_the_same_test_elbo(tmp_path, real_data_mirror, capsys):
+    """One epoch of seed 001's conv model on 2,000 real FashionMNIST images, once per tier, same
+    seed and data: the test -ELBOs agree to 1e-3 (float32; the tiers differ only in rounding)."""
+    common = ["--data-dir", str(tmp_path / "cache"), "--mirror", str(real_data_mirror)]
+    elbo = {}
+    for impl in ("plain", "fast"):
+        out = tmp_path / impl
+        argv = ["train", "--model", "conv", "--epochs", "1", "--limit", "2000", "--out", str(out),
+                "--backend", "numpy", "--impl", impl, "--no-progress", *common]
+        assert cli.main(argv) == 0, capsys.readouterr().err
+        with open(out / "metrics.csv", newline="") as f:
+            (row,) = list(csv.DictReader(f))
+        elbo[impl] = float(row["test_neg_elbo"])
+    assert abs(elbo["plain"] - elbo["fast"]) <= 1e-3 * elbo["fast"], elbo
