@@ -43,20 +43,24 @@ class Dense(layers.Dense):
         return y
 
 
-class Conv2d(layers.Conv2d):
-    """Twin of layers.Conv2d on batch-last images: x (C, H, W, N) -> y (F, Ho, Wo, N).
-
-    The products are fast/conv.py's plans (PhasePlan for ConvVAE's 32-channel layers); the
-    plan's matrices and products live in buffers kept from call to call (self.scratch): fresh
-    megabyte-sized arrays at every step come back from the OS as fresh pages, each one a fault
-    (14-16% of a ConvVAE step before they were kept).
-    """
+class _Planned:
+    """What both fast convolutions add to their plain twin: batch-last in and out, and the
+    buffers their conv plan keeps from call to call (self.scratch): fresh megabyte-sized arrays
+    at every step come back from the OS as fresh pages, each one a fault (14-16% of a ConvVAE
+    step before they were kept)."""
 
     LAYOUT = ("last", "last")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.scratch = {}
+
+
+class Conv2d(_Planned, layers.Conv2d):
+    """Twin of layers.Conv2d on batch-last images: x (C, H, W, N) -> y (F, Ho, Wo, N).
+
+    The products are fast/conv.py's plans (PhasePlan for ConvVAE's 32-channel layers).
+    """
 
     def forward(self, x):
         self.plan = conv_plan(self.params["W"], x.shape[1:3], self.stride, self.padding,
@@ -75,18 +79,12 @@ class Conv2d(layers.Conv2d):
         return self.plan.adjoint(Y)                                     # (C, H, W, N)
 
 
-class ConvTranspose2d(layers.ConvTranspose2d):
+class ConvTranspose2d(_Planned, layers.ConvTranspose2d):
     """Twin of layers.ConvTranspose2d on batch-last images: (Cin, H, W, N) -> (Cout, Ho, Wo, N).
 
     The plan is that of the conv this layer is the adjoint of, with the roles of its two sides
-    swapped (fast/conv.py); buffers kept as in Conv2d.
+    swapped (fast/conv.py).
     """
-
-    LAYOUT = ("last", "last")
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.scratch = {}
 
     def forward(self, x):
         out_hw = self.output_shape(*x.shape[1:3])
