@@ -1,22 +1,18 @@
 """minivae: variational autoencoders on a from-scratch NumPy/CuPy engine.
 
-Read the source in this order. The engine: backend -> layers (with conv) -> losses -> optim ->
-models (fast/ holds the same arithmetic, faster on NumPy) -> gradcheck, statcheck. Every backward
-pass carries its derivation next to the code. Then the program, each file one job:
+    import minivae
+    model = minivae.build_model("conv", impl="auto")      # ConvVAE, seed 001's defaults
+    opt = minivae.make_adam(model, lr=1e-4)                # the Adam of the model's tier
+    terms = model.loss_and_grads(x); opt.step()
 
-    files      the one atomic write (temporary name, then rename) every written file goes through
-    progress   progress bars, only where stderr is a terminal
-    idx        the IDX file format of MNIST / FashionMNIST
-    download   the datasets' files, mirrors, verification and the downloader
-    data       a split as uint8 arrays, and float batches on a backend
-    config     a run's settings: seed defaults, validation, random streams
-    checkpoint a run folder on disk: checkpoints, metrics.csv, config.json
-    evaluate   test ELBO, IWAE, reconstructions; loading a saved run
-    train      the training loop, with exact resume
-    plots      pictures from arrays (imports nothing of the program but files)
-    visualise  `minivae plot`: the pictures of a saved run
-    bench      `minivae bench`: minivae's own step timing
-    cli        the `minivae` command (entry point: __main__)
+README.md's reading guides give the order to read the source in: the engine's plain tier, the
+other tiers and their table (minivae.tiers), the checks, then the program.
 """
 
 __version__ = "0.1.0"
+
+from minivae.models import MODELS, ConvVAE, MLPVAE  # noqa: E402
+from minivae.optim import Adam  # noqa: E402
+from minivae.tiers import build_model, make_adam  # noqa: E402
+
+__all__ = ["MODELS", "ConvVAE", "MLPVAE", "Adam", "build_model", "make_adam"]

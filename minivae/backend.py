@@ -15,7 +15,6 @@ can be saved in a checkpoint as plain integers.
 import numpy as np
 
 BACKENDS = ("auto", "numpy", "cupy")
-IMPLS = ("auto", "plain", "fast")     # which tier of the engine computes (see minivae/fast/)
 
 
 class BackendError(RuntimeError):
@@ -50,19 +49,6 @@ def get_backend(name="numpy"):
     if name == "auto":
         return np
     raise BackendError(f"backend 'cupy' is not usable: {reason}")
-
-
-def resolve_impl(impl, xp):
-    """'plain' or 'fast' for the tier asked for on array module xp.
-
-    auto: the fast tier on NumPy; on CuPy the plain tier, until a CuPy fast path has been
-    proven on a GPU.
-    """
-    if impl not in IMPLS:
-        raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
-    if impl == "auto":
-        return "fast" if backend_name(xp) == "numpy" else "plain"
-    return impl
 
 
 def backend_name(xp):

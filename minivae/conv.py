@@ -1,9 +1,9 @@
 """Convolutions as matrix products: the arithmetic behind Conv2d and ConvTranspose2d (NCHW).
 
 A 2-D convolution (strictly a cross-correlation, as in PyTorch) maps images x (N, C, H, W) to
-y (N, F, Ho, Wo) through weights W (F, C, kh, kw), stride s and zero padding p:
+y (N, F, Ho, Wo) through a weight K (F, C, kh, kw), stride s and zero padding p:
 
-    y[n, f, oh, ow] = sum_{c, i, j} W[f, c, i, j] * xpad[n, c, s*oh + i, s*ow + j]       (1)
+    y[n, f, oh, ow] = sum_{c, i, j} K[f, c, i, j] * xpad[n, c, s*oh + i, s*ow + j]       (1)
 
 with Ho = floor((H + 2p - kh) / s) + 1 (likewise Wo), xpad being x with p zeros on each side.
 
@@ -11,13 +11,15 @@ im2col copies the pixels each output position sees into one column,
 
     cols[n, (c, i, j), (oh, ow)] = xpad[n, c, s*oh + i, s*ow + j],
 
-so (1) is a matrix product per sample, y[n] = Wm @ cols[n] with Wm = W.reshape(F, C*kh*kw).
-Everything else follows because (1) is linear in x and in W:
+so (1) is a matrix product per sample, y[n] = Km @ cols[n] with Km = K.reshape(F, C*kh*kw).
+Everything else follows because (1) is linear in x and in K:
 
-    conv2d(x, W)               y  = Wm @ im2col(x)
-    conv_transpose2d(y, W)     x  = col2im(Wm^T @ y), the adjoint of conv2d:
-                                    <conv2d(x, W), y> = <x, conv_transpose2d(y, W)> for all x, y
-    conv2d_weight_grad(x, dy)  dW = sum_n dy[n] @ im2col(x)[n]^T
+    conv2d(x, K)               y  = Km @ im2col(x)
+    conv_transpose2d(y, K)     x  = col2im(Km^T @ y), the adjoint of conv2d:
+                                    <conv2d(x, K), y> = <x, conv_transpose2d(y, K)> for all x, y
+    conv2d_weight_grad(x, dy)  dK = sum_n dy[n] @ im2col(x)[n]^T
+
+(H and W are always an image's height and width here; the layers call K their parameter "W".)
 
 The transposed convolution (ConvTranspose2d's forward, Conv2d's input gradient) is that adjoint:
 each output pixel's value, spread through the kernel, summed back onto the pixels it came from.
@@ -74,35 +76,35 @@ def col2im(cols, x_shape, kh, kw, stride, padding):
     return xpad[:, :, p:p + H, p:p + W]
 
 
-def conv2d(x, W, stride, padding):
-    """Formula (1): x (N, C, H, W), W (F, C, kh, kw) -> y (N, F, Ho, Wo)."""
-    F, C, kh, kw = W.shape
-    N, _, H, Wd = x.shape
-    Ho, Wo = conv_output_size(H, kh, stride, padding), conv_output_size(Wd, kw, stride, padding)
+def conv2d(x, K, stride, padding):
+    """Formula (1): x (N, C, H, W), K (F, C, kh, kw) -> y (N, F, Ho, Wo)."""
+    F, C, kh, kw = K.shape
+    N, _, H, W = x.shape
+    Ho, Wo = conv_output_size(H, kh, stride, padding), conv_output_size(W, kw, stride, padding)
     cols = im2col(x, kh, kw, stride, padding)                     # (N, C*kh*kw, Ho*Wo)
-    return (W.reshape(F, -1) @ cols).reshape(N, F, Ho, Wo)        # one product per sample
+    return (K.reshape(F, -1) @ cols).reshape(N, F, Ho, Wo)        # one product per sample
 
 
-def conv_transpose2d(y, W, stride, padding, x_hw):
-    """The adjoint of conv2d: y (N, F, Ho, Wo), W (F, C, kh, kw) -> x (N, C, H, W), (H, W) = x_hw.
+def conv_transpose2d(y, K, stride, padding, x_hw):
+    """The adjoint of conv2d: y (N, F, Ho, Wo), K (F, C, kh, kw) -> x (N, C, H, W), (H, W) = x_hw.
 
-    conv2d is y[n] = Wm @ im2col(x)[n]; its adjoint runs the two steps backwards, each
-    transposed: the columns Wm^T @ y[n], then col2im puts them back onto the image.
+    conv2d is y[n] = Km @ im2col(x)[n]; its adjoint runs the two steps backwards, each
+    transposed: the columns Km^T @ y[n], then col2im puts them back onto the image.
     """
-    F, C, kh, kw = W.shape
+    F, C, kh, kw = K.shape
     N = y.shape[0]
-    cols = W.reshape(F, -1).T @ y.reshape(N, F, -1)               # (N, C*kh*kw, Ho*Wo)
+    cols = K.reshape(F, -1).T @ y.reshape(N, F, -1)               # (N, C*kh*kw, Ho*Wo)
     return col2im(cols, (N, C) + tuple(x_hw), kh, kw, stride, padding)
 
 
 def conv2d_weight_grad(x, dy, kernel_size, stride, padding):
-    """dL/dW (F, C, kh, kw) for y = conv2d(x, W), from x (N, C, H, W) and dy = dL/dy (N, F, Ho, Wo).
+    """dL/dK (F, C, kh, kw) for y = conv2d(x, K), from x (N, C, H, W) and dy = dL/dy (N, F, Ho, Wo).
 
-    y[n] = Wm @ cols[n] with cols = im2col(x), so each weight Wm[f, k] multiplies cols[n, k, q]
-    into y[n, f, q] for every sample n and output pixel q: dWm = sum_n dy[n] @ cols[n]^T.
+    y[n] = Km @ cols[n] with cols = im2col(x), so each weight Km[f, k] multiplies cols[n, k, q]
+    into y[n, f, q] for every sample n and output pixel q: dKm = sum_n dy[n] @ cols[n]^T.
     """
     kh, kw = kernel_size
     N, F = dy.shape[:2]
     cols = im2col(x, kh, kw, stride, padding)                     # (N, C*kh*kw, Ho*Wo)
-    dW = array_module(x).tensordot(dy.reshape(N, F, -1), cols, axes=([0, 2], [0, 2]))
-    return dW.reshape(F, x.shape[1], kh, kw)
+    dK = array_module(x).tensordot(dy.reshape(N, F, -1), cols, axes=([0, 2], [0, 2]))
+    return dK.reshape(F, x.shape[1], kh, kw)

@@ -19,8 +19,14 @@ against |dL/dT|. A check passes below 1e-6 in float64. With --dtype float32 the 
 is computed in float32 (the training path) and compared with float64 finite differences; it
 passes below 1e-4.
 
-Every check runs in one tier of the engine (--impl: the plain layers, or the fast twins the
-models use on NumPy by default). A single layer is checked through a one-layer Sequential of its
+A ReLU's derivative jumps at 0, so a central difference whose two points straddle a ReLU's
+kink measures the kink, not the gradient. After each pair of evaluations the check compares the
+signs of every kinked layer's output (Layer.KINK) at the two points; where they differ the
+coordinate (or direction) is drawn again, and the table counts those redrawn. Everything random
+in a check (data, upstream gradients, coordinates, directions) comes from `--seed`.
+
+Every check runs in one tier of the engine (--impl: the plain layers, or a tier's twins:
+minivae.tiers; the default is the tier the models use on the backend). A single layer is checked through a one-layer Sequential of its
 tier, which in the fast tier turns NCHW images batch-last and back, so both tiers are checked on
 the same NCHW inputs.
 
@@ -28,16 +34,17 @@ The same functions serve `pytest tests/test_gradcheck.py` and `minivae gradcheck
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from minivae.backend import (BACKENDS, IMPLS, array_module, backend_name, get_backend,
-                             resolve_impl, to_host)
+from minivae.backend import BACKENDS, array_module, backend_name, get_backend, to_host
 from minivae.conv import conv_output_size, conv_transpose_output_size
+from minivae.layers import Layer
 from minivae.losses import bce_with_logits, kl_log_sigma, kl_log_var, l2_penalty
-from minivae.models import LAYER_SETS, ConvVAE, MLPVAE
+from minivae.models import MODELS
+from minivae.tiers import IMPLS, TIERS, build_model, resolve_impl
 
 H = 1e-5
 TOLERANCE = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-4}
@@ -48,43 +55,104 @@ def rel_error(a, n):
     return float(np.max(np.abs(a - n)) / max(1e-8, float(np.max(np.abs(a) + np.abs(n)))))
 
 
-def numeric_vs_analytic(f, T, analytic, rng, coords=24, directions=2):
+def kinked_layers(root):
+    """Every layer under root (a layer, a Sequential, a model) whose derivative jumps at 0."""
+    found, stack, seen = [], [root], set()
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Layer) and obj.KINK:
+            found.append(obj)
+        children = vars(obj).values() if hasattr(obj, "__dict__") else ()
+        for child in children:
+            if isinstance(child, Layer):
+                stack.append(child)
+            elif isinstance(child, (list, tuple)):
+                stack.extend(c for c in child if isinstance(c, Layer))
+    return found
+
+
+def kink_signature(kinked):
+    """Which side of its kink every input of every kinked layer was on in the last forward."""
+    return tuple(to_host(layer.y > 0).tobytes() for layer in kinked)
+
+
+@dataclass
+class Context:
+    """What a check runs with: backend, dtype of the analytic gradients, random numbers, tier."""
+    xp: object
+    dtype: np.dtype
+    rng: np.random.Generator
+    impl: str                       # the tier's name
+    redrawn: int = 0                # coordinates / directions drawn again at a kink
+    kinked: list = field(default_factory=list)   # the layers whose kinks to watch
+
+    @property
+    def layers(self):
+        return TIERS[self.impl].layers
+
+
+def _central(f, ctx, perturb):
+    """(f(+h) - f(-h)) / 2h with perturb(+1) / perturb(-1) / perturb(0) moving the point, or
+    None when the two points lie on different sides of a kink."""
+    perturb(+1)
+    fp, sp = f(), kink_signature(ctx.kinked)
+    perturb(-1)
+    fm, sm = f(), kink_signature(ctx.kinked)
+    perturb(0)
+    return None if sp != sm else (fp - fm) / (2 * H)
+
+
+def numeric_vs_analytic(f, T, analytic, ctx, coords=24, directions=2):
     """Worst rel_error of central differences of scalar f() in tensor T (perturbed in place)
-    against the analytic gradient, over sampled coordinates and random directions."""
-    xp = array_module(T)
+    against the analytic gradient, over sampled coordinates and random directions. A coordinate
+    or direction whose two points straddle a kink is replaced by another (ctx.redrawn counts)."""
+    xp, rng = array_module(T), ctx.rng
     analytic = to_host(analytic).astype(np.float64)
-    idx = rng.choice(T.size, size=min(coords, T.size), replace=False)
-    numeric = np.empty(len(idx))
     flat = T.reshape(-1)                    # a view: T is contiguous
-    for k, i in enumerate(idx):
+    idx, numeric = [], []
+    for i in rng.permutation(T.size):
+        if len(idx) == min(coords, T.size):
+            break
         old = float(flat[i])
-        flat[i] = old + H
-        fp = f()
-        flat[i] = old - H
-        fm = f()
-        flat[i] = old
-        numeric[k] = (fp - fm) / (2 * H)
+
+        def move(sign, i=i, old=old):
+            flat[i] = old + sign * H
+        n = _central(f, ctx, move)
+        if n is None:
+            ctx.redrawn += 1
+            continue
+        idx.append(i)
+        numeric.append(n)
+    idx, numeric = np.array(idx, dtype=np.int64), np.array(numeric)
     # Coordinates: the error against the larger of the sampled values and the tensor's largest
     # gradient, so a sample that happens to hold only near-zero gradients is not judged alone.
     a = analytic.reshape(-1)[idx]
-    worst = float(np.max(np.abs(a - numeric))) / max(
-        1e-8, float(np.max(np.abs(a) + np.abs(numeric))), float(np.max(np.abs(analytic))))
-    for _ in range(directions):
+    worst = float(np.max(np.abs(a - numeric), initial=0.0)) / max(
+        1e-8, float(np.max(np.abs(a) + np.abs(numeric), initial=0.0)),
+        float(np.max(np.abs(analytic))))
+    done = tries = 0
+    while done < directions and tries < 10 * directions:
+        tries += 1
         u = rng.standard_normal(T.shape)
         u /= np.linalg.norm(u)
         ud = xp.asarray(u, dtype=T.dtype)
-        T += H * ud
-        fp = f()
-        T -= 2 * H * ud
-        fm = f()
-        T += H * ud
+        base = T.copy()
+
+        def move(sign, base=base, ud=ud):
+            T[...] = base + (sign * H) * ud
+        n = _central(f, ctx, move)
+        if n is None:
+            ctx.redrawn += 1
+            continue
+        done += 1
         # |<g, u>| <= |g| for a unit u, so measure the error against |g|: a direction nearly
         # orthogonal to g has a tiny derivative, and dividing by it would only amplify rounding.
-        a, n = float((analytic * u).sum()), (fp - fm) / (2 * H)
+        a = float((analytic * u).sum())
         worst = max(worst, abs(a - n) / max(1e-8, float(np.linalg.norm(analytic)) + abs(n)))
     return worst
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,17 +163,18 @@ def numeric_vs_analytic(f, T, analytic, rng, coords=24, directions=2):
 class Check:
     name: str                 # what is checked, e.g. "Conv2d"
     config: str               # its configuration, e.g. "k=3 s=2 p=1 x=(2,3,7,9)"
-    run: Callable             # run(xp, dtype, rng, impl) -> list of (tensor name, error)
+    run: Callable             # run(ctx: Context) -> list of (tensor name, error)
 
 
 def layer_check(make, x_shape, positive_margin=False):
     """Check layer = make(L, dtype=float64, backend=..., rng=...) at input shape x_shape, with L
     the tier's layer set, through a one-layer Sequential of that tier (see the docstring)."""
 
-    def run(xp, dtype, rng, impl):
-        L = LAYER_SETS[impl]
+    def run(ctx):
+        xp, rng, L = ctx.xp, ctx.rng, ctx.layers
         layer = make(L, dtype=np.float64, backend=backend_name(xp), rng=rng)
         net = L.Sequential(layer)
+        ctx.kinked = kinked_layers(net)
         x = rng.standard_normal(x_shape)
         if positive_margin:     # keep inputs away from a kink at 0 (ReLU)
             x = np.sign(x) * (np.abs(x) + 0.1)
@@ -114,9 +183,9 @@ def layer_check(make, x_shape, positive_margin=False):
         # analytic gradients in the dtype under test
         params64 = dict(layer.params)
         for k, p in params64.items():
-            layer.params[k] = p.astype(dtype)
-        net.forward(x.astype(dtype))
-        dx = net.backward(g.astype(dtype))
+            layer.params[k] = p.astype(ctx.dtype)
+        net.forward(x.astype(ctx.dtype))
+        dx = net.backward(g.astype(ctx.dtype))
         analytic = {"x": dx, **{k: layer.grads[k] for k in params64}}
         for k, p in params64.items():
             layer.params[k] = p
@@ -126,7 +195,7 @@ def layer_check(make, x_shape, positive_margin=False):
         def f():
             return float((net.forward(x) * g).sum())
 
-        return [(k, numeric_vs_analytic(f, T, analytic[k], rng)) for k, T in tensors.items()]
+        return [(k, numeric_vs_analytic(f, T, analytic[k], ctx)) for k, T in tensors.items()]
 
     return run
 
@@ -134,50 +203,55 @@ def layer_check(make, x_shape, positive_margin=False):
 def loss_check(fn, shapes, names):
     """Check an elementwise loss fn(*inputs) -> (value, *grads) via L = sum(value * w)."""
 
-    def run(xp, dtype, rng, impl):
+    def run(ctx):
+        xp, rng = ctx.xp, ctx.rng
         inputs = [xp.asarray(rng.standard_normal(s)) for s in shapes]
         if fn is bce_with_logits:   # targets in [0, 1], logits spread wide
             inputs = [inputs[0] * 3, xp.asarray(rng.random(shapes[1]))]
         value = fn(*inputs)[0]
         w = xp.asarray(rng.standard_normal(value.shape))
-        grads = fn(*[a.astype(dtype) for a in inputs])[1:]
+        grads = fn(*[a.astype(ctx.dtype) for a in inputs])[1:]
 
         def f():
             return float((fn(*inputs)[0] * w).sum())
 
-        return [(name, numeric_vs_analytic(f, inputs[i], grads[i] * w.astype(dtype), rng))
+        return [(name, numeric_vs_analytic(f, inputs[i], grads[i] * w.astype(ctx.dtype), ctx))
                 for i, name in enumerate(names)]
 
     return run
 
 
-def l2_check(xp, dtype, rng, impl):
+def l2_check(ctx):
+    xp, rng = ctx.xp, ctx.rng
     params = {"a": xp.asarray(rng.standard_normal((3, 4))), "b": xp.asarray(rng.standard_normal(5))}
-    lam = 0.37
-    _, grads = l2_penalty({k: p.astype(dtype) for k, p in params.items()}, lam)
-    return [(k, numeric_vs_analytic(lambda: l2_penalty(params, lam)[0], params[k], grads[k], rng))
-            for k in params]
+    weight_decay = 0.37
+    _, grads = l2_penalty({k: p.astype(ctx.dtype) for k, p in params.items()}, weight_decay)
+    return [(k, numeric_vs_analytic(lambda: l2_penalty(params, weight_decay)[0], params[k],
+                                    grads[k], ctx)) for k in params]
 
 
-def model_check(make, x_shape, coords=12):
+def model_check(name, n, coords=12):
     """Whole model: loss_and_grads against finite differences of loss() with fixed noise, for
-    every parameter tensor and the input. beta != 1 and weight decay != 0 so that every factor
-    in the objective is exercised."""
+    every parameter tensor and the input, on a batch of n. beta != 1 and weight decay != 0 so
+    that every factor in the objective is exercised."""
 
-    def run(xp, dtype, rng, impl):
-        model = make(dtype=np.float64, backend=backend_name(xp), impl=impl)
-        # Random biases (they start at zero) spread the ReLU pre-activations away from 0, where a
-        # finite difference straddling the kink would measure nothing but the kink.
+    def run(ctx):
+        xp, rng = ctx.xp, ctx.rng
+        model = build_model(name, seed=1, dtype=np.float64, backend=backend_name(xp),
+                            impl=ctx.impl)
+        ctx.kinked = kinked_layers(model)
+        # Random biases (they start at zero) spread the ReLU pre-activations away from 0.
         for k in model.params:
             if k.endswith(".b"):
                 model.params[k] = xp.asarray(rng.uniform(-0.5, 0.5, model.params[k].shape))
+        x_shape = MODELS[name].input_shape(n)
         x = xp.asarray(rng.random(x_shape))
-        noise = xp.asarray(rng.standard_normal((x_shape[0], model.latent_dim)))
+        noise = xp.asarray(rng.standard_normal((n, model.latent_dim)))
         kw = dict(noise=noise, beta=0.7, weight_decay=0.013)
         params64 = {k: model.params[k] for k in model.params}
         for k, p in params64.items():
-            model.params[k] = p.astype(dtype)
-        model.loss_and_grads(x.astype(dtype), input_grad=True, **kw)
+            model.params[k] = p.astype(ctx.dtype)
+        model.loss_and_grads(x.astype(ctx.dtype), input_grad=True, **kw)
         analytic = {"x": model.input_grad, **{k: model.grads[k] for k in params64}}
         for k, p in params64.items():
             model.params[k] = p
@@ -186,7 +260,7 @@ def model_check(make, x_shape, coords=12):
             return model.loss(x, **kw).loss
 
         tensors = {"x": x, **params64}
-        return [(k, numeric_vs_analytic(f, T, analytic[k], rng, coords=coords))
+        return [(k, numeric_vs_analytic(f, T, analytic[k], ctx, coords=coords))
                 for k, T in tensors.items()]
 
     return run
@@ -195,8 +269,8 @@ def model_check(make, x_shape, coords=12):
 def adjoint_check(C, F, k, s, p, hw, n=2):
     """<Conv2d(x), y> == <x, ConvTranspose2d(y)> with shared weights, no bias; and both shapes."""
 
-    def run(xp, dtype, rng, impl):
-        L = LAYER_SETS[impl]
+    def run(ctx):
+        xp, dtype, rng, L = ctx.xp, ctx.dtype, ctx.rng, ctx.layers
         conv = L.Conv2d(C, F, k, s, p, dtype=dtype, backend=backend_name(xp), rng=rng)
         tconv = L.ConvTranspose2d(F, C, k, s, p, dtype=dtype, backend=backend_name(xp), rng=rng)
         tconv.params["W"] = conv.params["W"]        # (F, C, kh, kw): same array, both layouts
@@ -295,19 +369,22 @@ def all_checks():
     checks.append(Check("kl_log_sigma", "(5,3)", loss_check(
         kl_log_sigma, [(5, 3), (5, 3)], ["mu", "log_sigma"])))
     checks.append(Check("l2_penalty", "lam=0.37", l2_check))
-    checks.append(Check("MLPVAE", "seed 000 (784-500-2), N=3", model_check(
-        lambda **kw: MLPVAE(seed=1, **kw), (3, 784))))
-    checks.append(Check("ConvVAE", "seed 001 (32x32, latent 10), N=2", model_check(
-        lambda **kw: ConvVAE(seed=1, **kw), (2, 1, 32, 32))))
+    for name, spec in MODELS.items():           # every model of the registry, at its defaults
+        n = 3 if spec.flatten else 2
+        checks.append(Check(spec.cls.__name__, f"--model {name}, x={spec.input_shape(n)}",
+                            model_check(name, n)))
     return checks
 
 
 def run_check(check, backend="numpy", dtype=np.float64, seed=0, impl="auto"):
-    """-> (rows [(tensor, error)], worst error, passed), computed in tier `impl`."""
+    """-> (rows [(tensor, error)], worst error, passed, redrawn), computed in tier `impl`, every
+    random number drawn from `seed`; redrawn counts the coordinates and directions drawn again
+    because they straddled a kink."""
     xp = get_backend(backend)
-    rows = check.run(xp, np.dtype(dtype), np.random.default_rng(seed), resolve_impl(impl, xp))
+    ctx = Context(xp, np.dtype(dtype), np.random.default_rng(seed), resolve_impl(impl, xp))
+    rows = check.run(ctx)
     worst = max(e for _, e in rows)
-    return rows, worst, worst < TOLERANCE[np.dtype(dtype)]
+    return rows, worst, worst < TOLERANCE[np.dtype(dtype)], ctx.redrawn
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,10 +395,12 @@ def add_arguments(parser):
     parser.add_argument("--backend", choices=BACKENDS, default="numpy",
                         help="where to run the checks (default: numpy)")
     parser.add_argument("--impl", choices=IMPLS, default="auto",
-                        help="the engine's tier to check: plain, fast, or auto (fast on NumPy, "
-                             "plain on CuPy; the default)")
+                        help=f"the engine's tier to check: {', '.join(IMPLS[1:])}, or auto (the "
+                             f"tier the models use on the backend; the default)")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                         help="dtype of the analytic gradients (finite differences are float64)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="draw every check's data and coordinates from seed S (default 0)")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="one row per tensor instead of one per check")
     parser.add_argument("--filter", default="", metavar="TEXT",
@@ -329,22 +408,33 @@ def add_arguments(parser):
 
 
 def run_cli(args):
+    """Print the table of the checks args select; returns the exit status (ValueError when
+    --filter selects none)."""
     xp = get_backend(args.backend)
     impl = resolve_impl(args.impl, xp)
     dtype = np.dtype(args.dtype)
     checks = [c for c in all_checks() if args.filter.lower() in c.name.lower()]
+    if not checks:
+        names = sorted({c.name for c in all_checks()})
+        raise ValueError(f"--filter {args.filter!r} matches no check; the checks are "
+                         f"{', '.join(names)}")
     print(f"gradient check on {backend_name(xp)}, {impl} tier, analytic gradients in {dtype}, "
-          f"tolerance {TOLERANCE[dtype]:.0e}, {len(checks)} checks")
+          f"tolerance {TOLERANCE[dtype]:.0e}, seed {args.seed}, {len(checks)} "
+          f"check{'s' * (len(checks) != 1)}")
     print(f"{'check':<16} {'configuration':<36} {'max rel error':>13}  result")
-    failed, worst_all, t0 = 0, 0.0, time.perf_counter()
+    failed, worst_all, redrawn, t0 = 0, 0.0, 0, time.perf_counter()
     for check in checks:
-        rows, worst, ok = run_check(check, backend_name(xp), dtype, impl=impl)
+        rows, worst, ok, kinks = run_check(check, backend_name(xp), dtype, args.seed, impl)
         failed += not ok
         worst_all = max(worst_all, worst)
-        print(f"{check.name:<16} {check.config:<36} {worst:>13.2e}  {'pass' if ok else 'FAIL'}")
+        redrawn += kinks
+        note = f"  ({kinks} redrawn at a kink)" if kinks else ""
+        print(f"{check.name:<16} {check.config:<36} {worst:>13.2e}  "
+              f"{'pass' if ok else 'FAIL'}{note}")
         if args.verbose:
             for tensor, err in rows:
                 print(f"{'':<16} {'  ' + tensor:<36} {err:>13.2e}")
     print(f"{len(checks) - failed} passed, {failed} failed; worst relative error {worst_all:.2e}; "
+          f"{redrawn} coordinates or directions redrawn at a kink; "
           f"{time.perf_counter() - t0:.1f} s")
     return 1 if failed else 0

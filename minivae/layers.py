@@ -30,7 +30,15 @@ class Layer:
 
     skip_input_grad: set to True on a layer whose input is the data (the first layer of an
     encoder); its backward then fills its grads and returns None instead of a dL/dx nobody uses.
+    ELEMENTWISE: True for a layer that maps each number on its own (an activation), so it works
+    on an array of any shape and layout.
+    KINK: True for an elementwise layer whose derivative jumps where its input crosses 0; it
+    keeps its output as self.y, of the input's sign (the gradient checks watch which side of the
+    kink each input is on).
     """
+
+    ELEMENTWISE = False
+    KINK = False
 
     def __init__(self):
         self.params = {}
@@ -127,9 +135,9 @@ class Conv2d(_Conv):
 
     WEIGHT_ORDER = "FC"                  # W is (out, in, kh, kw)
 
-    def output_shape(self, H, W):
+    def output_shape(self, height, width):
         (kh, kw), s, p = self.kernel_size, self.stride, self.padding
-        return conv_output_size(H, kh, s, p), conv_output_size(W, kw, s, p)
+        return conv_output_size(height, kh, s, p), conv_output_size(width, kw, s, p)
 
     def forward(self, x):
         self.x = x                                                          # (N, C, H, W)
@@ -159,9 +167,10 @@ class ConvTranspose2d(_Conv):
 
     WEIGHT_ORDER = "CF"                  # W is (in, out, kh, kw), PyTorch's layout
 
-    def output_shape(self, H, W):
+    def output_shape(self, height, width):
         (kh, kw), s, p = self.kernel_size, self.stride, self.padding
-        return conv_transpose_output_size(H, kh, s, p), conv_transpose_output_size(W, kw, s, p)
+        return (conv_transpose_output_size(height, kh, s, p),
+                conv_transpose_output_size(width, kw, s, p))
 
     def forward(self, x):
         out_hw = self.output_shape(*x.shape[2:])
@@ -189,7 +198,15 @@ class ConvTranspose2d(_Conv):
 # Activations: y = f(x) elementwise, so dx = dy * f'(x), written in terms of what we cached.
 
 
-class ReLU(Layer):
+class Activation(Layer):
+    """Base class of the elementwise layers."""
+
+    ELEMENTWISE = True
+
+
+class ReLU(Activation):
+    KINK = True
+
     def forward(self, x):
         self.y = array_module(x).maximum(x, 0)
         return self.y
@@ -199,7 +216,7 @@ class ReLU(Layer):
         return dy * (self.y > 0)
 
 
-class Tanh(Layer):
+class Tanh(Activation):
     def forward(self, x):
         self.y = array_module(x).tanh(x)
         return self.y
@@ -209,7 +226,7 @@ class Tanh(Layer):
         return dy * (1 - self.y * self.y)
 
 
-class Sigmoid(Layer):
+class Sigmoid(Activation):
     def forward(self, x):
         self.y = sigmoid(x)
         return self.y

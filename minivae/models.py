@@ -12,22 +12,23 @@ is the negative ELBO plus a weight penalty:
 
 Both models run the same forward/backward (VAE.loss_and_grads); they differ only in the layers,
 in what the second encoder head means (log sigma for seed 000, log sigma^2 for seed 001) and in
-which parameters the L2 penalty covers. A model takes its layer classes from its tier's set
-(impl: layers.py, or the fast twins in minivae/fast/layers.py); the code below is the same.
+which parameters the L2 penalty covers. A model is built from a set of layer classes
+(`layer_set`: layers.py itself, or another tier's set from minivae.tiers); the code below is the
+same whichever set it is.
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 
 from minivae import layers
-from minivae.backend import array_module, backend_name, get_backend, make_rng, resolve_impl
-from minivae.fast import layers as fast_layers
+from minivae.backend import array_module, backend_name, get_backend, make_rng
 from minivae.layers import ParamView
-from minivae.losses import bce_with_logits, kl_log_sigma, kl_log_var, l2_penalty
+from minivae.losses import bce_with_logits, bernoulli_nll, kl_log_sigma, kl_log_var, l2_penalty
 
-# The layer classes a model is built from, by tier: the one place a model's tier is chosen.
-LAYER_SETS = {"plain": layers, "fast": fast_layers}
+# What the encoder's second head s means, by its name: sigma = exp(SIGMA_EXPONENT[name] * s).
+SIGMA_EXPONENT = {"log_sigma": 1.0, "log_var": 0.5}
 
 
 class LossTerms(NamedTuple):
@@ -38,6 +39,17 @@ class LossTerms(NamedTuple):
     reg: float
 
 
+class ForwardCache(NamedTuple):
+    """What the forward pass of the objective keeps for its backward."""
+    logits: object          # the decoder's output, shaped like x
+    eps: object             # the noise of the reparametrisation, (N, latent)
+    sigma: object           # exp(log_var / 2), (N, latent)
+    dlogits: object         # d BCE / d logits, elementwise (not yet divided by N)
+    dmu_kl: object          # d KL / d mu, elementwise
+    dscale_kl: object       # d KL / d s (the scale head's output), elementwise
+    dreg: dict              # name -> d reg / d parameter
+
+
 def reparametrize(mu, log_var, eps):
     """z = mu + eps * sigma with sigma = exp(log_var / 2): a draw from N(mu, sigma^2) that is a
     differentiable function of mu and log_var (the randomness sits in eps ~ N(0, 1))."""
@@ -45,28 +57,33 @@ def reparametrize(mu, log_var, eps):
 
 
 class VAE:
-    """What both seed models share. A subclass builds encoder / mu / scale / decoder and sets:
+    """What both seed models share. A subclass builds encoder / mu / scale / decoder from
+    self.layer_set, calls self._finish(scale_name), and sets:
 
-    LOG_SIGMA_PER_UNIT  c with log sigma = c * (scale head output): 1 for log sigma,
-                        1/2 for log sigma^2
-    kl_term             the matching function from losses.py
-    regularized         names of the parameters the L2 penalty covers
+    kl_term      the function of losses.py for its scale head (kl_log_sigma or kl_log_var)
+    regularized  names of the parameters the L2 penalty covers
     """
 
-    def __init__(self, *, seed, dtype, backend, impl="auto"):
+    def __init__(self, *, seed, dtype, backend, layer_set=None):
         self.xp = get_backend(backend)
-        self.impl = resolve_impl(impl, self.xp)     # "plain" or "fast": the tier that computes
-        self.L = LAYER_SETS[self.impl]              # the layer classes of that tier
+        self.layer_set = layers if layer_set is None else layer_set   # the classes to build from
         self.dtype = np.dtype(dtype)
         self.rng = make_rng(seed)  # draws the initial weights, then the noise eps of each step
 
     def _finish(self, scale_name):
-        """Call at the end of a subclass __init__: the flat params/grads in architecture order."""
+        """Call at the end of a subclass __init__: the flat params/grads in architecture order.
+        scale_name: what the second head gives, "log_sigma" or "log_var" (SIGMA_EXPONENT)."""
         self.scale_name = scale_name
         named = [("encoder", self.encoder), ("mu", self.mu), (scale_name, self.scale),
                  ("decoder", self.decoder)]
         self.params = ParamView(named, "params")
         self.grads = ParamView(named, "grads")
+
+    @property
+    def sigma_exponent(self):
+        """c with sigma = exp(c s), s the scale head's output: 1 for log sigma, 1/2 for log
+        sigma^2."""
+        return SIGMA_EXPONENT[self.scale_name]
 
     def _layer_kwargs(self):
         return dict(dtype=self.dtype, backend=backend_name(self.xp), rng=self.rng)
@@ -79,8 +96,8 @@ class VAE:
         return self.mu.forward(h), self.scale.forward(h)
 
     def log_var(self, s):
-        """log sigma^2 from the scale head's output s."""
-        return (2 * self.LOG_SIGMA_PER_UNIT) * s
+        """log sigma^2 from the scale head's output s: sigma = exp(c s), so log sigma^2 = 2 c s."""
+        return (2 * self.sigma_exponent) * s
 
     def encode(self, x):
         """x -> (mu, log sigma^2), each (N, latent)."""
@@ -105,21 +122,20 @@ class VAE:
     def loss_and_grads(self, x, noise=None, beta=1.0, weight_decay=0.01, input_grad=False):
         """Forward, then backward through the whole objective; fills self.grads. -> LossTerms.
 
+        weight_decay is the L2 penalty's coefficient lambda (reg = lambda * sum p^2, added to the
+        loss, so Adam sees its gradient: not AdamW's decoupled decay).
         With input_grad=True also sets self.input_grad = dL/dx (for gradient checks; training
         skips it, since nothing upstream of the data needs it).
         """
-        terms, cache = self._forward(x, noise, beta, weight_decay)
-        logits, eps, log_var, dlogits, dmu_kl, dscale_kl, dreg = cache
+        terms, c = self._forward(x, noise, beta, weight_decay)
         n = x.shape[0]
         # recon and kl are sums divided by n, so every elementwise gradient is divided by n too.
-        dz = self.decoder.backward(dlogits / n)                          # (N, latent)
-        # z = mu + eps * sigma with sigma = exp(log_var / 2) and log_var = 2 c s, s the scale
-        # head's output (c = LOG_SIGMA_PER_UNIT), so sigma = exp(c s):
+        dz = self.decoder.backward(c.dlogits / n)                        # (N, latent)
+        # z = mu + eps * sigma with sigma = exp(c s), s the scale head's output:
         #   dz/dmu = 1,   dz/ds = eps * dsigma/ds = eps * c * sigma.
         # mu and s also feed the KL term directly, weighted by beta / n.
-        sigma = self.xp.exp(0.5 * log_var)
-        dmu = dz + (beta / n) * dmu_kl
-        dscale = dz * eps * (self.LOG_SIGMA_PER_UNIT * sigma) + (beta / n) * dscale_kl
+        dmu = dz + (beta / n) * c.dmu_kl
+        dscale = dz * c.eps * (self.sigma_exponent * c.sigma) + (beta / n) * c.dscale_kl
         # Both heads read the same h, so dL/dh is the sum of what each head sends back.
         dh = self.mu.backward(dmu) + self.scale.backward(dscale)
         self.encoder.skip_input_grad = not input_grad
@@ -127,9 +143,9 @@ class VAE:
         if input_grad:
             # x reaches the loss twice: through the encoder, and as the BCE target, where
             # d/dx [max(l,0) - l x + log(1 + e^-|l|)] = -l.
-            self.input_grad = dx - logits / n
+            self.input_grad = dx - c.logits / n
         # reg = lambda sum p^2 adds 2 lambda p to each penalised parameter's gradient.
-        for name, g in dreg.items():
+        for name, g in c.dreg.items():
             self.grads[name] += g
         return terms
 
@@ -137,14 +153,14 @@ class VAE:
         n = x.shape[0]
         mu, s = self.heads(x)                                           # (N, latent) each
         eps = self.draw_noise(n) if noise is None else self.xp.asarray(noise).astype(mu.dtype)
-        log_var = self.log_var(s)
-        logits = self.decode(reparametrize(mu, log_var, eps))           # shaped like x
+        sigma = self.xp.exp(self.sigma_exponent * s)
+        logits = self.decode(mu + eps * sigma)                          # shaped like x
         bce, dlogits = bce_with_logits(logits, x)
         kl, dmu_kl, dscale_kl = self.kl_term(mu, s)
         reg, dreg = l2_penalty({k: self.params[k] for k in self.regularized}, weight_decay)
         recon, kl_value = float(bce.sum()) / n, float(kl.sum()) / n
         terms = LossTerms(recon + beta * kl_value + reg, recon, kl_value, reg)
-        return terms, (logits, eps, log_var, dlogits, dmu_kl, dscale_kl, dreg)
+        return terms, ForwardCache(logits, eps, sigma, dlogits, dmu_kl, dscale_kl, dreg)
 
     def __repr__(self):
         parts = [f"  {name}: {layer!r}".replace("\n", "\n  ") for name, layer in
@@ -159,18 +175,18 @@ class MLPVAE(VAE):
     The L2 penalty covers the decoder's parameters only, biases included.
     """
 
-    LOG_SIGMA_PER_UNIT = 1.0
     kl_term = staticmethod(kl_log_sigma)
 
     def __init__(self, input_dim=784, hidden_dim=500, latent_dim=2, seed=0, *,
-                 dtype=np.float32, backend="numpy", impl="auto"):
-        super().__init__(seed=seed, dtype=dtype, backend=backend, impl=impl)
+                 activation="Tanh", dtype=np.float32, backend="numpy", layer_set=None):
+        super().__init__(seed=seed, dtype=dtype, backend=backend, layer_set=layer_set)
         self.input_dim, self.hidden_dim, self.latent_dim = input_dim, hidden_dim, latent_dim
-        L, kw = self.L, self._layer_kwargs()
-        self.encoder = L.Sequential(L.Dense(input_dim, hidden_dim, **kw), L.Tanh())
+        L, kw = self.layer_set, self._layer_kwargs()
+        act = getattr(L, activation)
+        self.encoder = L.Sequential(L.Dense(input_dim, hidden_dim, **kw), act())
         self.mu = L.Dense(hidden_dim, latent_dim, **kw)
         self.scale = L.Dense(hidden_dim, latent_dim, **kw)             # log sigma
-        self.decoder = L.Sequential(L.Dense(latent_dim, hidden_dim, **kw), L.Tanh(),
+        self.decoder = L.Sequential(L.Dense(latent_dim, hidden_dim, **kw), act(),
                                     L.Dense(hidden_dim, input_dim, **kw))
         self._finish("log_sigma")
         self.regularized = [k for k in self.params if k.startswith("decoder.")]
@@ -184,46 +200,94 @@ class ConvVAE(VAE):
     decoder: Dense 10 -> 256 ReLU -> 256 ReLU -> 512 ReLU, reshape (32, 4, 4),
              2 x [ConvTranspose 4x4/2/1, 32 filters, ReLU], ConvTranspose 4x4/2/1 to 1 channel
     The L2 penalty covers every parameter once (the shared trunk is not counted twice).
+    activation: the name of the layer class between the layers (ReLU for the seed).
     """
 
-    LOG_SIGMA_PER_UNIT = 0.5
     kl_term = staticmethod(kl_log_var)
 
-    def __init__(self, latent_dim=10, seed=0, *, hidden_dim=256, channels=32,
-                 dtype=np.float32, backend="numpy", impl="auto"):
-        super().__init__(seed=seed, dtype=dtype, backend=backend, impl=impl)
+    def __init__(self, latent_dim=10, seed=0, *, hidden_dim=256, channels=32, activation="ReLU",
+                 dtype=np.float32, backend="numpy", layer_set=None):
+        super().__init__(seed=seed, dtype=dtype, backend=backend, layer_set=layer_set)
         self.latent_dim, self.hidden_dim, self.channels = latent_dim, hidden_dim, channels
-        L, kw, c, hd = self.L, self._layer_kwargs(), channels, hidden_dim
+        L, kw, c, hd = self.layer_set, self._layer_kwargs(), channels, hidden_dim
+        act = getattr(L, activation)
         ckw = dict(kw, stride=2, padding=1)
         self.encoder = L.Sequential(
-            L.Conv2d(1, c, 4, **ckw), L.ReLU(),                       # (N, c, 16, 16)
-            L.Conv2d(c, c, 4, **ckw), L.ReLU(),                       # (N, c, 8, 8)
-            L.Conv2d(c, c, 4, **ckw), L.ReLU(),                       # (N, c, 4, 4)
+            L.Conv2d(1, c, 4, **ckw), act(),                          # (N, c, 16, 16)
+            L.Conv2d(c, c, 4, **ckw), act(),                          # (N, c, 8, 8)
+            L.Conv2d(c, c, 4, **ckw), act(),                          # (N, c, 4, 4)
             L.Flatten(),                                              # (N, 16c)
-            L.Dense(16 * c, hd, **kw), L.ReLU(),
-            L.Dense(hd, hd, **kw), L.ReLU())                          # (N, hd)
+            L.Dense(16 * c, hd, **kw), act(),
+            L.Dense(hd, hd, **kw), act())                             # (N, hd)
         self.mu = L.Dense(hd, latent_dim, **kw)
         self.scale = L.Dense(hd, latent_dim, **kw)                    # log sigma^2
         self.decoder = L.Sequential(
-            L.Dense(latent_dim, hd, **kw), L.ReLU(),
-            L.Dense(hd, hd, **kw), L.ReLU(),
-            L.Dense(hd, 16 * c, **kw), L.ReLU(),
+            L.Dense(latent_dim, hd, **kw), act(),
+            L.Dense(hd, hd, **kw), act(),
+            L.Dense(hd, 16 * c, **kw), act(),
             L.Reshape(c, 4, 4),                                       # (N, c, 4, 4)
-            L.ConvTranspose2d(c, c, 4, **ckw), L.ReLU(),              # (N, c, 8, 8)
-            L.ConvTranspose2d(c, c, 4, **ckw), L.ReLU(),              # (N, c, 16, 16)
+            L.ConvTranspose2d(c, c, 4, **ckw), act(),                 # (N, c, 8, 8)
+            L.ConvTranspose2d(c, c, 4, **ckw), act(),                 # (N, c, 16, 16)
             L.ConvTranspose2d(c, 1, 4, **ckw))                        # (N, 1, 32, 32) logits
         self._finish("log_var")
         self.regularized = list(self.params)
 
 
-MODELS = {"mlp": MLPVAE, "conv": ConvVAE}
+# --------------------------------------------------------------------------------------------
+# The importance weights of a trained model (minivae evaluate's IWAE bound, statcheck's checks)
 
 
-def build_model(name, *, latent_dim=None, hidden_dim=None, seed=0, dtype=np.float32,
-                backend="numpy", impl="auto"):
-    """The seed model `name` ("mlp" or "conv"); None for a size keeps the seed's default."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    sizes = {k: v for k, v in (("latent_dim", latent_dim), ("hidden_dim", hidden_dim))
-             if v is not None}
-    return MODELS[name](seed=seed, dtype=dtype, backend=backend, impl=impl, **sizes)
+def log_weights(model, x, mu, log_var, eps):
+    """Log importance weights log p(x|z_k) + log p(z_k) - log q(z_k|x), float64 (K, B) on
+    model.xp, for z_k = mu + sigma * eps_k; x (B, ...), mu and log_var (B, d), eps (K, B, d)."""
+    xp = model.xp
+    K, B, d = eps.shape
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    z = reparametrize(mu[None], log_var[None], eps)                           # (K, B, d)
+    logits = model.decode(z.reshape(K * B, d))
+    xr = xp.broadcast_to(x[None], (K,) + x.shape).reshape((K * B,) + x.shape[1:])
+    log_px = -bernoulli_nll(logits.astype(xp.float64), xr).reshape(K, B, -1).sum(axis=2)
+    log_pz = -0.5 * (z.astype(xp.float64) ** 2).sum(axis=2) - d * half_log_2pi
+    # log q(z|x) = sum_d log N(z_d; mu_d, sigma_d^2), and (z_d - mu_d) / sigma_d = eps_d.
+    log_qz = (-0.5 * (eps.astype(xp.float64) ** 2).sum(axis=2)
+              - 0.5 * log_var.astype(xp.float64).sum(axis=1)[None] - d * half_log_2pi)
+    return log_px + log_pz - log_qz
+
+
+def log_mean_exp(a, axis):
+    """log mean exp(a) along axis, without overflow (host NumPy)."""
+    m = a.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(a - m).mean(axis=axis, keepdims=True))).squeeze(axis)
+
+
+# --------------------------------------------------------------------------------------------
+# The registry: one entry per model
+
+
+class ModelSpec(NamedTuple):
+    """Everything the program knows of a model, in one place."""
+    cls: type               # the model class
+    help: str               # one line for the command line
+    defaults: dict          # the seed's settings: dataset, epochs, lr, batch size, ...
+    pad: int                # zero pixels added on each side of a 28x28 image
+    flatten: bool           # images as flat vectors (N, 784) rather than NCHW (N, 1, H, W)
+    drop_last: bool         # full batches only (the seed's partial=false)
+
+    def input_shape(self, n, side=28):
+        """The shape of a batch of n images as the model takes them."""
+        side += 2 * self.pad
+        return (n, side * side) if self.flatten else (n, 1, side, side)
+
+
+MODELS = {
+    # 000: MLP VAE on MNIST (Flux DataLoader default: the last, partial batch is kept).
+    "mlp": ModelSpec(MLPVAE, "the MLP VAE of seed 000 (MNIST, 2-D latent)",
+                     dict(dataset="mnist", epochs=20, lr=1e-3, batch_size=128, beta=1.0,
+                          weight_decay=0.01, latent_dim=2, hidden_dim=500, sample_size=10),
+                     pad=0, flatten=True, drop_last=False),
+    # 001: conv VAE on FashionMNIST padded to 32x32, full batches only (partial=false).
+    "conv": ModelSpec(ConvVAE, "the convolutional VAE of seed 001 (FashionMNIST, 10-D latent)",
+                      dict(dataset="fashion-mnist", epochs=10, lr=1e-4, batch_size=64, beta=1.0,
+                           weight_decay=0.01, latent_dim=10, hidden_dim=256, sample_size=10),
+                      pad=2, flatten=False, drop_last=True),
+}

@@ -9,23 +9,16 @@ For each parameter p with gradient g, at step t = 1, 2, ...:
 The divisions by 1 - b^t undo the bias of starting m and v at zero: after one step m = (1 - b1) g,
 and m / (1 - b1) = g.
 
-minivae/fast/optim.py computes the same update faster on NumPy; Adam(model) gives that one to a
-model built in the fast tier (model.impl == "fast"). The two save their state differently (the
-means here, running sums there) and each loads both.
+This Adam works for a model of any tier; minivae.tiers.make_adam(model) gives the one of the
+model's tier (minivae/fast/optim.py on the fast tier), which computes the same update faster and
+saves the same state (the step count, m and v).
 """
 
 from minivae.backend import array_module
-from minivae.fast import optim as fast_optim
 
 
 class Adam:
     """Adam(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8) over model.params, reading model.grads."""
-
-    def __new__(cls, model, *args, **kwargs):
-        # The one place the optimizer's tier is chosen: it follows the model's.
-        if model.impl == "fast":
-            return fast_optim.Adam(model, *args, **kwargs)
-        return super().__new__(cls)
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         if not lr > 0:
@@ -56,16 +49,13 @@ class Adam:
         return state
 
     def load_state_dict(self, state):
-        """Restore a state_dict: the means m.<name>, v.<name>, or the fast Adam's running sums
-        M.<name>, V.<name> (m = (1 - b1) M, v = (1 - b2) V)."""
+        """Restore a state_dict (KeyError for a missing array, ValueError for a misshapen one)."""
         self.t = int(state["t"])
         self.lr, self.b1, self.b2, self.eps = (float(state[k]) for k in ("lr", "b1", "b2", "eps"))
-        for means, key, beta in ((self.m, "m", self.b1), (self.v, "v", self.b2)):
+        for key, means in (("m", self.m), ("v", self.v)):
             for k, a in means.items():
-                src, scale = state.get(f"{key}.{k}"), 1.0
-                if src is None:
-                    src, scale = state[f"{key.upper()}.{k}"], 1 - beta
+                src = state[f"{key}.{k}"]
                 if tuple(src.shape) != tuple(a.shape):
                     raise ValueError(f"optimizer state {key}.{k}: shape {tuple(src.shape)}, "
                                      f"expected {tuple(a.shape)}")
-                means[k] = array_module(a).asarray(src, dtype=a.dtype) * scale
+                means[k] = array_module(a).asarray(src, dtype=a.dtype)

@@ -21,8 +21,9 @@ random samples, with tolerances derived from the sample count:
   union of two groups of K, makes both exact, image by image (log of a mean of two means >=
   mean of their logs), so these two hold up to rounding only.
 
-`log_weights` and `log_mean_exp` are the estimator `minivae evaluate` uses too. The same
-functions serve `pytest tests/test_statcheck.py` and `minivae gradcheck --statistical`.
+The IWAE checks test the estimator `minivae evaluate` uses (models.log_weights and
+log_mean_exp). The same functions serve `pytest tests/test_statcheck.py` and
+`minivae gradcheck --statistical`.
 """
 
 import math
@@ -32,15 +33,11 @@ from typing import NamedTuple
 import numpy as np
 
 from minivae.backend import backend_name, get_backend, to_host
-from minivae.losses import bernoulli_nll, kl_log_sigma, kl_log_var
-from minivae.models import ConvVAE, MLPVAE, reparametrize
+from minivae.losses import kl_log_sigma, kl_log_var
+from minivae.models import SIGMA_EXPONENT, ConvVAE, MLPVAE, log_mean_exp, log_weights
 
 Z = 5.0                   # standard errors a Monte-Carlo estimate may stray from its target
 ROUNDING = 1e-9           # relative slack of the checks that hold exactly (float64)
-
-# What each scale head means: sigma = exp(EXPONENT * head output).
-EXPONENT = {"log_var": 0.5, "log_sigma": 1.0}
-
 
 class Result(NamedTuple):
     """One row of the statistical table: the largest deviation seen against its tolerance."""
@@ -52,31 +49,6 @@ class Result(NamedTuple):
     @property
     def ok(self):
         return bool(self.error <= self.tolerance)
-
-
-# -- the estimator `minivae evaluate` uses -------------------------------------------------
-
-def log_weights(model, x, mu, log_var, eps):
-    """Log importance weights log p(x|z_k) + log p(z_k) - log q(z_k|x), float64 (K, B) on
-    model.xp, for z_k = mu + sigma * eps_k; x (B, ...), mu and log_var (B, d), eps (K, B, d)."""
-    xp = model.xp
-    K, B, d = eps.shape
-    half_log_2pi = 0.5 * math.log(2 * math.pi)
-    z = reparametrize(mu[None], log_var[None], eps)                           # (K, B, d)
-    logits = model.decode(z.reshape(K * B, d))
-    xr = xp.broadcast_to(x[None], (K,) + x.shape).reshape((K * B,) + x.shape[1:])
-    log_px = -bernoulli_nll(logits.astype(xp.float64), xr).reshape(K, B, -1).sum(axis=2)
-    log_pz = -0.5 * (z.astype(xp.float64) ** 2).sum(axis=2) - d * half_log_2pi
-    # log q(z|x) = sum_d log N(z_d; mu_d, sigma_d^2), and (z_d - mu_d) / sigma_d = eps_d.
-    log_qz = (-0.5 * (eps.astype(xp.float64) ** 2).sum(axis=2)
-              - 0.5 * log_var.astype(xp.float64).sum(axis=1)[None] - d * half_log_2pi)
-    return log_px + log_pz - log_qz
-
-
-def log_mean_exp(a, axis):
-    """log mean exp(a) along axis, without overflow (host NumPy)."""
-    m = a.max(axis=axis, keepdims=True)
-    return (m + np.log(np.exp(a - m).mean(axis=axis, keepdims=True))).squeeze(axis)
 
 
 # -- sampling through the training path -----------------------------------------------------
@@ -118,7 +90,8 @@ def _spread_scales(model, lo=-1.5, hi=1.0):
     name = f"{model.scale_name}.b"
     log_sigma = np.linspace(lo, hi, model.latent_dim)
     b = model.params[name]
-    model.params[name] = model.xp.asarray((log_sigma / EXPONENT[model.scale_name]).astype(b.dtype))
+    s = log_sigma / SIGMA_EXPONENT[model.scale_name]
+    model.params[name] = model.xp.asarray(s.astype(b.dtype))
 
 
 def _images(model, n, rng):
@@ -154,9 +127,9 @@ def check_kl_formula(parametrisation, samples, rng):
 
 def check_model(model, label, samples, images, rng):
     """The reparametrised samples' std and the KL term of `model`, drawn as training draws
-    them, against what its scale head means (EXPONENT[model.scale_name])."""
+    them, against what its scale head means (SIGMA_EXPONENT[model.scale_name])."""
     _spread_scales(model)
-    d, k = model.latent_dim, EXPONENT[model.scale_name]
+    d, k = model.latent_dim, SIGMA_EXPONENT[model.scale_name]
     x = _images(model, images, rng)
     std_err, kl_err = 0.0, 0.0
     for i in range(images):
@@ -201,7 +174,7 @@ def check_iwae(model, label, pool, images, rng):
 
 def seed_models(backend="numpy", small=False):
     """[(label, model)] for the checks: the two seed models in float64 (small: narrow ones)."""
-    kw = dict(dtype=np.float64, backend=backend, impl="plain")
+    kw = dict(dtype=np.float64, backend=backend)
     conv = dict(hidden_dim=32, channels=8) if small else {}
     mlp = dict(hidden_dim=32) if small else {}
     return [("ConvVAE", ConvVAE(latent_dim=10, seed=1, **conv, **kw)),

@@ -6,14 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from minivae import layers
 from minivae.backend import BackendError, array_module, get_backend, to_host
 from minivae.conv import col2im, im2col
-from minivae.fast import layers as fast_layers
 from minivae.layers import Conv2d, ConvTranspose2d, Dense, Sequential, Tanh
 from minivae.losses import bce_with_logits, kl_log_sigma, kl_log_var, l2_penalty
 from minivae.models import ConvVAE, MLPVAE
 from minivae.optim import Adam
+from minivae.tiers import TIERS, make_adam
 
 
 def test_dense_layout_and_init():
@@ -63,7 +62,7 @@ def test_col2im_is_the_adjoint_of_im2col():
     assert np.isclose((cols * c).sum(), (x * col2im(c, x.shape, 3, 2, 2, 1)).sum(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("L", [layers, fast_layers], ids=["plain", "fast"])
+@pytest.mark.parametrize("L", [t.layers for t in TIERS.values()], ids=list(TIERS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_layers_compute_in_the_dtype_they_are_given(dtype, L):
     net = L.Sequential(L.Conv2d(1, 2, 3, 1, 1), L.ReLU(), L.ConvTranspose2d(2, 2, 2, 2), L.Tanh(),
@@ -129,11 +128,16 @@ def test_l2_penalty():
     np.testing.assert_allclose(grads["a"], [1.0, 2.0])
 
 
+def small_mlp(impl, dtype=np.float64):
+    return MLPVAE(input_dim=6, hidden_dim=5, latent_dim=2, seed=0, dtype=dtype,
+                  layer_set=TIERS[impl].layers)
+
+
 @pytest.mark.parametrize("impl", ["plain", "fast"])
-def test_adam_matches_the_reference_formula_and_restores_exactly(impl):
-    model = MLPVAE(input_dim=6, hidden_dim=5, latent_dim=2, seed=0, dtype=np.float64, impl=impl)
+def test_adam_matches_the_reference_formula(impl):
+    model = small_mlp(impl)
     x = np.random.default_rng(0).random((4, 6))
-    opt = Adam(model, lr=0.01)
+    opt = make_adam(model, lr=0.01)
     p0 = {k: model.params[k].copy() for k in model.params}
     m = {k: np.zeros_like(v) for k, v in p0.items()}
     v = {k: np.zeros_like(a) for k, a in p0.items()}
@@ -147,49 +151,68 @@ def test_adam_matches_the_reference_formula_and_restores_exactly(impl):
             step = (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v[k] / (1 - 0.999 ** t)) + 1e-8)
             p0[k] = p0[k] - 0.01 * step
             np.testing.assert_allclose(model.params[k], p0[k], rtol=1e-12, atol=1e-15)
-    # a fresh optimizer loaded from state_dict continues on the same path
+    with pytest.raises(ValueError):
+        make_adam(model, lr=0)
+
+
+@pytest.mark.parametrize("impl", ["plain", "fast"])
+def test_adam_restores_float32_training_state_exactly(impl):
+    """A fresh optimizer loaded from state_dict continues on the same path, bit for bit, in
+    training's dtype (the fast Adam converts its sums to the means and back in float64)."""
+    model = small_mlp(impl, np.float32)
+    x = np.random.default_rng(0).random((4, 6)).astype(np.float32)
+    noise = np.ones((4, 2), np.float32)
+    opt = make_adam(model, lr=0.01)
+    for _ in range(3):
+        model.loss_and_grads(x, noise=noise)
+        opt.step()
     state = {k: (a.copy() if hasattr(a, "copy") else a) for k, a in opt.state_dict().items()}
     snapshot = {k: model.params[k].copy() for k in model.params}
-    model.loss_and_grads(x, noise=np.ones((4, 2)))
+    model.loss_and_grads(x, noise=noise)
     opt.step()
     after = {k: model.params[k].copy() for k in model.params}
     for k in snapshot:
         model.params[k][...] = snapshot[k]
-    opt2 = Adam(model, lr=0.5)
+    opt2 = make_adam(model, lr=0.5)
     opt2.load_state_dict(state)
-    model.loss_and_grads(x, noise=np.ones((4, 2)))
+    model.loss_and_grads(x, noise=noise)
     opt2.step()
     for k in after:
         np.testing.assert_array_equal(model.params[k], after[k])
-    with pytest.raises(ValueError):
-        Adam(model, lr=0)
 
 
-def test_adam_loads_the_state_of_either_tier():
-    """A checkpoint holds the plain Adam's means (m.<name>, v.<name>, also what checkpoints from
-    before the running sums hold) or the fast Adam's sums (M.<name>, V.<name>): M = m / (1 - b1),
-    V = v / (1 - b2). Each tier loads both."""
+def test_both_adams_save_one_state_and_load_each_other():
+    """Whatever the tier, the state is optim.Adam's: t, the hyper-parameters, the means m.<name>
+    and v.<name>; the fast Adam updates them as the plain one does, so they are equal."""
     x = np.random.default_rng(0).random((4, 6))
-    opts = {}
+    opts, first = {}, {}
     for impl in ("plain", "fast"):
-        model = MLPVAE(input_dim=6, hidden_dim=5, latent_dim=2, seed=0, dtype=np.float64, impl=impl)
-        opts[impl] = Adam(model, lr=0.01)
-        for _ in range(2):
+        model = small_mlp(impl)
+        opts[impl] = make_adam(model, lr=0.01)
+        for step in range(2):
             model.loss_and_grads(x, noise=np.ones((4, 2)))
             opts[impl].step()
+            if step == 0:          # the same gradients: the same operations give the same m, v
+                first[impl] = {k: v.copy() for k, v in opts[impl].state_dict().items()
+                               if k[:2] in ("m.", "v.")}
     plain, fast = opts["plain"], opts["fast"]
+    assert type(plain) is Adam and type(fast) is not Adam
+    ps, fs = plain.state_dict(), fast.state_dict()
+    assert ps.keys() == fs.keys() and "m.mu.W" in ps and "M.mu.W" not in fs
     for k in plain.m:
-        np.testing.assert_allclose(fast.M[k], plain.m[k] / 0.1, rtol=1e-12)
-        np.testing.assert_allclose(fast.V[k], plain.v[k] / 0.001, rtol=1e-12)
-    into_plain = Adam(plain.model, lr=0.5)
-    into_plain.load_state_dict(fast.state_dict())
-    into_fast = Adam(fast.model, lr=0.5)
-    into_fast.load_state_dict(plain.state_dict())
+        np.testing.assert_allclose(fs[f"m.{k}"], ps[f"m.{k}"], rtol=1e-12)
+        np.testing.assert_allclose(fs[f"v.{k}"], ps[f"v.{k}"], rtol=1e-12)
+    for k in first["plain"]:
+        assert first["plain"][k].tobytes() == first["fast"][k].tobytes(), k
+    into_plain = make_adam(plain.model, lr=0.5)
+    into_plain.load_state_dict(fs)
+    into_fast = make_adam(fast.model, lr=0.5)
+    into_fast.load_state_dict(ps)
     for k in plain.m:
         np.testing.assert_allclose(into_plain.m[k], plain.m[k], rtol=1e-12)
-        np.testing.assert_allclose(into_fast.V[k], fast.V[k], rtol=1e-12)
+        np.testing.assert_allclose(into_fast.v[k], fast.v[k], rtol=1e-12)
     with pytest.raises(KeyError):
-        into_plain.load_state_dict({k: v for k, v in fast.state_dict().items() if k != "M.mu.W"})
+        into_plain.load_state_dict({k: v for k, v in fs.items() if k != "m.mu.W"})
 
 
 def test_mlp_vae_follows_seed_000():

@@ -28,7 +28,7 @@ def test_a_swapped_std_and_variance_fails(monkeypatch, model_class, label, wrong
     """sigma = exp(log sigma^2) (the variance) in ConvVAE, sigma = exp(log sigma / 2) (the square
     root of the std) in MLPVAE: training's sampling is wrong, gradient checks still pass (the
     backward follows the same constant), the std and KL checks fail."""
-    monkeypatch.setattr(model_class, "LOG_SIGMA_PER_UNIT", wrong)
+    monkeypatch.setattr(model_class, "sigma_exponent", wrong)
     results = {r.name: r for r in statcheck.all_checks(**SMALL)}
     assert not results[f"{label} std"].ok
     assert not results[f"{label} KL"].ok
@@ -67,10 +67,10 @@ def test_gradcheck_statistical_section(monkeypatch, capsys):
     non-zero when a statistical check fails."""
     full = statcheck.all_checks
     monkeypatch.setattr(statcheck, "all_checks", lambda backend: full(backend, **SMALL))
-    rc = cli.main(["gradcheck", "--filter", "no-such-check", "--statistical"])
+    rc = cli.main(["gradcheck", "--filter", "l2_penalty", "--statistical"])
     out = capsys.readouterr().out
-    assert rc == 0 and "statistical checks on numpy" in out and "10 passed, 0 failed" in out
-    monkeypatch.setattr(ConvVAE, "LOG_SIGMA_PER_UNIT", 1.0)
-    rc = cli.main(["gradcheck", "--filter", "no-such-check", "--statistical"])
+    assert rc == 0 and "statistical checks on numpy" in out and "10 passed, 0 failed" in out and "1 passed, 0 failed" in out
+    monkeypatch.setattr(ConvVAE, "sigma_exponent", 1.0)
+    rc = cli.main(["gradcheck", "--filter", "l2_penalty", "--statistical"])
     out = capsys.readouterr().out
     assert rc == 1 and "FAIL" in out

@@ -11,8 +11,8 @@ from minivae import conv, gradcheck, layers
 from minivae.fast import conv as fast_conv
 from minivae.fast import layers as fast_layers
 from minivae.fast.conv import batch_first, batch_last
-from minivae.models import ConvVAE, MLPVAE
-from minivae.optim import Adam
+from minivae.models import MODELS, ConvVAE
+from minivae.tiers import TIERS, tier_of
 
 CLOSE = dict(rtol=1e-11, atol=1e-13)
 
@@ -74,11 +74,11 @@ def test_fast_im2col_and_col2im_match_plain(kernel, s, p, hw, n):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((n, 3) + hw)
     plain = conv.im2col(x, kh, kw, s, p).reshape(n, 3, kh, kw, Ho, Wo)
-    fast = fast_conv.im2col(batch_last(x), kh, kw, s, p).reshape(kh, kw, 3, Ho, Wo, n)
+    fast = fast_conv.im2col_batch_last(batch_last(x), kh, kw, s, p).reshape(kh, kw, 3, Ho, Wo, n)
     np.testing.assert_array_equal(fast.transpose(5, 2, 0, 1, 3, 4), plain)
     cols = rng.standard_normal((n, 3, kh, kw, Ho, Wo))
     plain_x = conv.col2im(cols, x.shape, kh, kw, s, p)
-    fast_x = fast_conv.col2im(np.ascontiguousarray(cols.transpose(2, 3, 1, 4, 5, 0)),
+    fast_x = fast_conv.col2im_batch_last(np.ascontiguousarray(cols.transpose(2, 3, 1, 4, 5, 0)),
                               (3,) + hw + (n,), kh, kw, s, p)
     np.testing.assert_allclose(batch_first(fast_x), plain_x, **CLOSE)
 
@@ -125,7 +125,7 @@ def test_fast_bias_grad_is_the_sum():
 def run_both(make, x, seed=0):
     """forward, backward (random dy) and grads of make(L) in each tier, through L.Sequential."""
     out = []
-    for L in (layers, fast_layers):
+    for L in (layers, TIERS["fast"].layers):
         layer = make(L)
         net = L.Sequential(layer)
         y = net.forward(x)
@@ -175,7 +175,7 @@ def test_fast_relu_flatten_reshape_match_plain():
 
 
 def test_fast_sequential_converts_only_where_the_layout_changes():
-    L, kw = fast_layers, dict(dtype=np.float64)
+    L, kw = TIERS["fast"].layers, dict(dtype=np.float64)
     enc = L.Sequential(L.Conv2d(1, 2, 3, **kw), L.ReLU(), L.Conv2d(2, 2, 3, **kw), L.Flatten(),
                        L.Dense(8, 3, **kw))
     assert [type(s).__name__ for s in enc.steps] == [
@@ -187,8 +187,8 @@ def test_fast_sequential_converts_only_where_the_layout_changes():
 
 
 def test_fast_relu_works_in_place_only_between_layers_that_give_fresh_arrays():
-    L, kw = fast_layers, dict(dtype=np.float64)
-    model = ConvVAE(seed=0, impl="fast")
+    L, kw = TIERS["fast"].layers, dict(dtype=np.float64)
+    model = ConvVAE(seed=0, layer_set=TIERS["fast"].layers)
     in_place = [[isinstance(s, L.ReLU) and s.in_place for s in seq.steps]
                 for seq in (model.encoder, model.decoder)]
     # encoder: ToBatchLast, conv, relu, conv, relu, conv, relu, flatten, dense, relu, dense, relu
@@ -211,7 +211,7 @@ def test_fast_relu_works_in_place_only_between_layers_that_give_fresh_arrays():
     np.testing.assert_array_equal(x, x0)
 
 
-@pytest.mark.parametrize("L", [layers, fast_layers], ids=["plain", "fast"])
+@pytest.mark.parametrize("L", [t.layers for t in TIERS.values()], ids=list(TIERS))
 def test_every_layer_with_parameters_honours_skip_input_grad(L):
     kw = dict(dtype=np.float64, rng=0)
     rng = np.random.default_rng(10)
@@ -232,31 +232,31 @@ def test_every_layer_with_parameters_honours_skip_input_grad(L):
 
 
 class Weights:
-    """The least a model must offer Adam: impl, params, grads."""
+    """The least a model must offer Adam: params, grads."""
 
-    def __init__(self, impl, seed=0):
+    def __init__(self, dtype=np.float64, seed=0):
         rng = np.random.default_rng(seed)
-        self.impl = impl
         self.params = {"a.W": rng.standard_normal((7, 5)), "a.b": rng.standard_normal(5),
                        "b.W": rng.standard_normal((3, 2, 4, 4))}
+        self.params = {k: v.astype(dtype) for k, v in self.params.items()}
         self.grads = {}
 
 
 def gradients(steps, seed=1):
     """A fixed sequence of gradients, some tiny (where Adam's eps matters) and some zero."""
     rng = np.random.default_rng(seed)
-    shapes = {k: v.shape for k, v in Weights("plain").params.items()}
+    shapes = {k: v.shape for k, v in Weights().params.items()}
     for t in range(steps):
         g = {k: rng.standard_normal(s) * 10.0 ** rng.integers(-9, 2) for k, s in shapes.items()}
         g["a.b"][t % 5] = 0.0
         yield g
 
 
-def run_adam(impl, steps, opt=None, model=None, grads=None):
-    model = model or Weights(impl)
-    opt = opt or Adam(model, lr=1e-2)
+def run_adam(impl, steps, opt=None, model=None, grads=None, dtype=np.float64):
+    model = model or Weights(dtype)
+    opt = opt or TIERS[impl].adam(model, lr=1e-2)
     for g in grads if grads is not None else gradients(steps):
-        model.grads = g
+        model.grads = {k: v.astype(dtype) for k, v in g.items()}
         opt.step()
     return model, opt
 
@@ -273,49 +273,54 @@ def test_plain_and_fast_adam_agree_over_many_steps():
 @pytest.mark.parametrize("saver, loader", [("plain", "plain"), ("fast", "fast"),
                                            ("plain", "fast"), ("fast", "plain")])
 def test_adam_state_resumes_in_either_tier(saver, loader):
-    """Stop after 20 steps, save, load into a fresh optimizer (of either tier) and continue:
-    the same tier continues bit for bit, the other to rounding."""
+    """Stop after 20 steps, save, load into a fresh optimizer (of either tier) and continue, in
+    float32 (training's dtype): the same tier continues bit for bit, the other to rounding."""
     grads = list(gradients(40))
-    reference, _ = run_adam(saver, 40, grads=grads)
-    model, opt = run_adam(saver, 20, grads=grads[:20])
+    f32 = dict(dtype=np.float32)
+    reference, _ = run_adam(saver, 40, grads=grads, **f32)
+    model, opt = run_adam(saver, 20, grads=grads[:20], **f32)
     state = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in opt.state_dict().items()}
-    model.impl = loader
-    opt2 = Adam(model, lr=0.5)
+    opt2 = TIERS[loader].adam(model, lr=0.5)
     opt2.load_state_dict(state)
     assert opt2.t == 20 and opt2.lr == 1e-2
-    run_adam(loader, 20, opt=opt2, model=model, grads=grads[20:])
+    run_adam(loader, 20, opt=opt2, model=model, grads=grads[20:], **f32)
     for k in model.params:
         if saver == loader:
             np.testing.assert_array_equal(model.params[k], reference.params[k])
         else:
-            np.testing.assert_allclose(model.params[k], reference.params[k], rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(model.params[k], reference.params[k], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("impl", ["plain", "fast"])
 def test_adam_state_keys_and_bad_states(impl):
     _, opt = run_adam(impl, 2)
     state = opt.state_dict()
-    means, squares = ("m", "v") if impl == "plain" else ("M", "V")
+    means, squares = "m", "v"                   # one state format, whatever the tier
     assert {"t", "lr", "b1", "b2", "eps", f"{means}.a.W", f"{squares}.b.W"} <= set(state)
-    fresh = Adam(Weights(impl), lr=1e-3)
+    fresh = TIERS[impl].adam(Weights(), lr=1e-3)
     with pytest.raises(KeyError):
         fresh.load_state_dict({k: v for k, v in state.items() if k != f"{means}.a.b"})
     bad = dict(state, **{f"{means}.a.b": np.zeros(4)})
     with pytest.raises(ValueError, match="shape"):
         fresh.load_state_dict(bad)
     with pytest.raises(ValueError, match="learning rate"):
-        Adam(Weights(impl), lr=0)
+        TIERS[impl].adam(Weights(), lr=0)
 
 
 # --------------------------------------------------------------------------------------------
 # Whole models
 
 
-@pytest.mark.parametrize("cls, shape", [(MLPVAE, (4, 784)), (ConvVAE, (3, 1, 32, 32))],
-                         ids=["mlp", "conv"])
-def test_models_compute_the_same_in_both_tiers(cls, shape):
-    plain, fast = (cls(seed=2, dtype=np.float64, impl=impl) for impl in ("plain", "fast"))
-    assert plain.impl == "plain" and fast.impl == "fast"
+OTHER_TIERS = [name for name in TIERS if name != "plain"]
+
+
+@pytest.mark.parametrize("impl", OTHER_TIERS)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_computes_the_same_in_every_tier(name, impl):
+    cls, shape = MODELS[name].cls, MODELS[name].input_shape(3)
+    plain, fast = (cls(seed=2, dtype=np.float64, layer_set=TIERS[tier].layers)
+                   for tier in ("plain", impl))
+    assert tier_of(plain) == "plain" and tier_of(fast) == impl
     assert list(plain.params) == list(fast.params)
     for k in plain.params:                        # the same weights from the same seed
         np.testing.assert_array_equal(plain.params[k], fast.params[k])
@@ -333,10 +338,101 @@ def test_models_compute_the_same_in_both_tiers(cls, shape):
     z = noise[:, :plain.latent_dim]
     np.testing.assert_allclose(fast.decode(z), plain.decode(z), **CLOSE)
     # and a few Adam steps later they are still together
-    opts = Adam(plain, lr=1e-3), Adam(fast, lr=1e-3)
+    opts = TIERS["plain"].adam(plain, lr=1e-3), TIERS[impl].adam(fast, lr=1e-3)
     for _ in range(3):
         for model, opt in zip((plain, fast), opts):
             model.loss_and_grads(x, noise=noise)
             opt.step()
     for k in plain.params:
         np.testing.assert_allclose(fast.params[k], plain.params[k], rtol=1e-8, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
+# What a tier must do for layers it has no twin of, and for elementwise layers
+
+
+def conversions_around_elementwise(seq):
+    """Layout conversions a tier's Sequential put right before or after an elementwise layer."""
+    steps = getattr(seq, "steps", seq.layers)
+    found = []
+    for i, step in enumerate(steps):
+        if step.ELEMENTWISE:
+            for j in (i - 1, i + 1):
+                if 0 <= j < len(steps) and type(steps[j]).__name__.startswith("ToBatch"):
+                    found.append((i, type(steps[j]).__name__))
+    return found
+
+
+@pytest.mark.parametrize("impl", list(TIERS))
+@pytest.mark.parametrize("name", list(MODELS))
+def test_no_layout_conversion_surrounds_an_elementwise_layer(name, impl):
+    model = MODELS[name].cls(layer_set=TIERS[impl].layers)
+    for seq in (model.encoder, model.decoder):
+        assert conversions_around_elementwise(seq) == []
+
+
+class LeakyReLU(layers.Activation):
+    """A plain layer no tier has a twin of: y = max(x, a x)."""
+
+    KINK = True
+
+    def __init__(self, slope=0.1):
+        super().__init__()
+        self.slope = slope
+
+    def forward(self, x):
+        self.y = np.maximum(x, self.slope * x)
+        return self.y
+
+    def backward(self, dy):
+        return dy * np.where(self.y > 0, 1.0, self.slope)
+
+
+@pytest.mark.parametrize("impl", OTHER_TIERS)
+def test_a_new_plain_layer_works_in_every_tier_unregistered(monkeypatch, impl):
+    """A layer added to layers.py only: every tier builds a model with it (its own Sequential,
+    no layout conversion around it) and computes what the plain tier computes."""
+    monkeypatch.setattr(layers, "LeakyReLU", LeakyReLU, raising=False)
+    models = [ConvVAE(seed=4, hidden_dim=16, channels=4, activation="LeakyReLU",
+                      dtype=np.float64, layer_set=TIERS[tier].layers) for tier in ("plain", impl)]
+    tier_layers = TIERS[impl].layers
+    assert tier_layers.LeakyReLU is LeakyReLU
+    assert sum(isinstance(s, LeakyReLU) for s in models[1].decoder.steps) == 5
+    assert conversions_around_elementwise(models[1].decoder) == []
+    rng = np.random.default_rng(13)
+    x, noise = rng.random((2, 1, 32, 32)), rng.standard_normal((2, 10))
+    terms = [m.loss_and_grads(x, noise=noise) for m in models]
+    assert terms[1].loss == pytest.approx(terms[0].loss, rel=1e-12)
+    for k in models[0].grads:
+        np.testing.assert_allclose(models[1].grads[k], models[0].grads[k], **CLOSE)
+
+
+def test_a_checkpoint_of_the_first_fast_tier_format_loads(tmp_path):
+    """Files written when the fast Adam saved its running sums (M.<name>, V.<name>) load into
+    either tier's Adam as the means m = (1 - b1) M, v = (1 - b2) V."""
+    from minivae.checkpoint import Checkpoint, save_checkpoint
+
+    model = ConvVAE(seed=0, hidden_dim=16, channels=4, layer_set=TIERS["fast"].layers)
+    opt = TIERS["fast"].adam(model, lr=1e-3)
+    x = np.random.default_rng(0).random((2, 1, 32, 32)).astype(np.float32)
+    for _ in range(2):
+        model.loss_and_grads(x)
+        opt.step()
+    path = save_checkpoint(tmp_path / "model-1.npz", 1, model, opt, np.random.default_rng(0),
+                           {"model": "conv"}, [], 2)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    for k in list(arrays):                     # rewrite it as the first fast tier wrote it
+        if k.startswith(("optim/m.", "optim/v.")):
+            sums = "M." if k.startswith("optim/m.") else "V."
+            scale = 0.1 if sums == "M." else 0.001
+            arrays["optim/" + sums + k[8:]] = (arrays.pop(k) / scale).astype(np.float32)
+    np.savez(path, **arrays)
+    for tier in TIERS:
+        fresh = ConvVAE(seed=1, hidden_dim=16, channels=4, layer_set=TIERS[tier].layers)
+        opt2 = TIERS[tier].adam(fresh, lr=1e-3)
+        Checkpoint(path).restore(fresh, opt2)
+        state = opt2.state_dict()
+        for k, v in opt.state_dict().items():
+            if k.startswith(("m.", "v.")):
+                np.testing.assert_allclose(state[k], v, rtol=1e-6)

@@ -46,7 +46,7 @@ def _ceil_div(a, b):
 # im2col and its adjoint, batch-last
 
 
-def im2col(x, kh, kw, stride, padding, out=None):
+def im2col_batch_last(x, kh, kw, stride, padding, out=None):
     """x (C, H, W, N) -> cols (kh*kw*C, Ho*Wo*N): conv.im2col's twin, batch-last.
 
         cols[(i, j, c), (oh, ow, n)] = xpad[c, i + s*oh, j + s*ow, n]
@@ -72,7 +72,7 @@ def im2col(x, kh, kw, stride, padding, out=None):
     return cols.reshape(kh * kw * C, Ho * Wo * N)
 
 
-def col2im(cols, x_shape, kh, kw, stride, padding):
+def col2im_batch_last(cols, x_shape, kh, kw, stride, padding):
     """cols (kh*kw*C, Ho*Wo*N) -> x (C, H, W, N): conv.col2im's twin, batch-last.
 
     The same loop with +=: each column goes back onto the pixels it was copied from, and a
@@ -109,7 +109,7 @@ def _phase_slices(size, stride, padding, a):
 
 
 class Im2colPlan:
-    """The convolution as W (F, kh*kw*C) @ im2col(x); see the module docstring.
+    """The convolution as W (F, kh*kw*C) @ im2col_batch_last(x); see the module docstring.
 
     Built for one call: weights W (F, C, kh, kw) on x of spatial size in_hw. The weight matrix
     is made once, when first needed, and serves the forward and the backward of the call.
@@ -156,7 +156,7 @@ class Im2colPlan:
     def input_matrix(self, x):
         shape = (self.kh * self.kw * self.C, self.Ho * self.Wo * x.shape[3])  # (kh*kw*C, Ho*Wo*N)
         out = self._scratch("input", shape, x)
-        return im2col(x, self.kh, self.kw, self.stride, self.padding, out)
+        return im2col_batch_last(x, self.kh, self.kw, self.stride, self.padding, out)
 
     def output_matrix(self, y):
         return y.reshape(self.F, -1)                                        # (F, Ho*Wo*N)
@@ -166,9 +166,10 @@ class Im2colPlan:
         return (self.matrix @ X).reshape(self.F, self.Ho, self.Wo, -1)
 
     def adjoint(self, Y):
-        """x = col2im(W^T Y): each column's share goes back onto the pixels it came from."""
+        """x = col2im(W^T Y) (batch-last): each column's share goes back onto the pixels it came
+        from."""
         N = Y.shape[1] // (self.Ho * self.Wo)
-        return col2im(self._scratch_product("adjoint", self.matrix.T, Y),
+        return col2im_batch_last(self._scratch_product("adjoint", self.matrix.T, Y),
                       (self.C, self.H, self.W, N), self.kh, self.kw,
                       self.stride, self.padding)
 
@@ -249,7 +250,7 @@ class PhasePlan(Im2colPlan):
         ypad[...] = 0
         ypad[:, th - 1:th - 1 + Ho, tw - 1:tw - 1 + Wo] = y
         out = self._scratch("output", (th * tw * F, self.hr * self.wr * N), y)
-        return im2col(ypad, th, tw, 1, 0, out)
+        return im2col_batch_last(ypad, th, tw, 1, 0, out)
 
     def _rows(self, M, first, count):
         """Rows first .. first+count-1 of the phase grid of M (rows, hr*wr*N), as a matrix.

@@ -12,13 +12,14 @@ takes and gives (LAYOUT = (input, output), "first" or "last"); this set's Sequen
 a conversion wherever two neighbours disagree, and at its ends, so from outside a Sequential
 takes and gives the plain tier's layout (the batch first).
 
-Tanh and Sigmoid have no faster twin: the plain classes are this set's too.
+A layer without a twin here (Tanh, Sigmoid, any new plain layer) is the plain class itself
+(minivae.tiers.LayerSet); an elementwise one (Layer.ELEMENTWISE) runs in whichever layout it is
+handed, so no conversion surrounds it.
 """
 
 from minivae import layers
 from minivae.backend import array_module
 from minivae.fast.conv import batch_first, batch_last, conv_plan
-from minivae.layers import Sigmoid, Tanh  # noqa: F401  (this set's, as they are)
 
 
 def bias_grad(dy, scratch):
@@ -185,10 +186,11 @@ class ToBatchFirst(layers.Layer):
 FRESH = (Dense, Conv2d, ConvTranspose2d)
 
 
-def layout(layer):
-    """(the layout layer takes, the one it gives): "first", "last", or None for either."""
-    if isinstance(layer, (layers.ReLU, layers.Tanh, layers.Sigmoid)):
-        return None, None                                               # elementwise
+def layer_layout(layer):
+    """(the layout layer takes, the one it gives): "first", "last", or None for either (an
+    elementwise layer, which says so itself: Layer.ELEMENTWISE)."""
+    if layer.ELEMENTWISE:
+        return None, None
     return getattr(layer, "LAYOUT", ("first", "first"))
 
 
@@ -204,7 +206,7 @@ class Sequential(layers.Sequential):
         super().__init__(*layers_)
         self.steps, current = [], "first"
         for layer in self.layers:
-            takes, gives = layout(layer)
+            takes, gives = layer_layout(layer)
             if takes is not None and takes != current:
                 self.steps.append(ToBatchLast() if takes == "last" else ToBatchFirst())
             self.steps.append(layer)
