@@ -35,14 +35,44 @@ import time
 import numpy as np
 
 from minivae.backend import backend_name, get_backend
-from minivae.config import MODEL_DEFAULTS, layout
 from minivae.data import num_batches, to_float
+from minivae.flags import backend_arg, impl_arg, non_negative_int, positive_int
 from minivae.download import DATASETS, FILES
-from minivae.models import MODELS, build_model
-from minivae.optim import Adam
+from minivae.models import MODELS
+from minivae.tiers import build_model, make_adam, tier_of
+
+DESCRIPTION = ("Median milliseconds per training step (loss_and_grads + Adam) of each seed "
+               "model, the seconds per epoch that makes, images per second, peak memory and the "
+               "GEMM floor; each model in a fresh interpreter. The comparisons with PyTorch are "
+               "in benchmarks/.")
 
 # Threads of the BLAS libraries NumPy may be built with, set for the timing process by --threads.
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def add_arguments(p):
+    """The flags of `minivae bench` (benchmarks/ declare theirs with the same function)."""
+    p.add_argument("--model", choices=tuple(MODELS), action="append",
+                   help="repeatable (default: every model)")
+    backend_arg(p, default="numpy")
+    impl_arg(p)
+    p.add_argument("--batch-size", type=positive_int,
+                   help="default: the seed's (" + ", ".join(
+                       f"{spec.defaults['batch_size']} for {name}"
+                       for name, spec in MODELS.items()) + ")")
+    p.add_argument("--steps", type=positive_int, default=50,
+                   help="timed steps per model (default: %(default)s)")
+    p.add_argument("--warmup", type=non_negative_int, default=5,
+                   help="untimed steps first (default: %(default)s)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="default: %(default)s")
+    p.add_argument("--gemm-size", type=positive_int, default=1024, metavar="N",
+                   help="N x N x N matmul that measures the machine's throughput "
+                        "(default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="BLAS threads of the timing processes (default: the library's own "
+                        "choice, usually one per core)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 class Workload:
@@ -51,28 +81,28 @@ class Workload:
     def __init__(self, model_name, backend="numpy", dtype="float32", batch_size=None, seed=0,
                  impl="auto"):
         self.name = model_name
-        self.cfg = dict(MODEL_DEFAULTS[model_name], model=model_name)
-        self.batch_size = batch_size or self.cfg["batch_size"]
+        self.spec = MODELS[model_name]
+        self.settings = self.spec.defaults
+        self.batch_size = batch_size or self.settings["batch_size"]
         self.xp = get_backend(backend)
         self.model = build_model(model_name, seed=seed, dtype=np.dtype(dtype).type,
                                  backend=backend_name(self.xp), impl=impl)
-        self.opt = Adam(self.model, lr=self.cfg["lr"])
-        pad, flatten, _ = layout(self.cfg)
+        self.opt = make_adam(self.model, lr=self.settings["lr"])
         # Random pixels, laid out as training lays them out; the step's cost does not depend on
         # the values.
         images = np.random.default_rng(seed + 1).integers(0, 256, (self.batch_size, 28, 28),
                                                           dtype=np.uint8)
-        self.x = to_float(images, self.xp, dtype, pad=pad, flatten=flatten)
+        self.x = to_float(images, self.xp, dtype, pad=self.spec.pad, flatten=self.spec.flatten)
 
     def step(self):
-        self.model.loss_and_grads(self.x, beta=self.cfg["beta"],
-                                  weight_decay=self.cfg["weight_decay"])
+        self.model.loss_and_grads(self.x, beta=self.settings["beta"],
+                                  weight_decay=self.settings["weight_decay"])
         self.opt.step()
 
     def steps_per_epoch(self):
         """Steps of one training epoch on the seed's dataset at this batch size."""
-        n = DATASETS[self.cfg["dataset"]]["files"][FILES[0]]["shape"][0]
-        return num_batches(n, self.batch_size, drop_last=layout(self.cfg)[2])
+        n = DATASETS[self.settings["dataset"]]["files"][FILES[0]]["shape"][0]
+        return num_batches(n, self.batch_size, drop_last=self.spec.drop_last)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +297,7 @@ def _timing_main(spec_json):
     for _ in range(spec["warmup"]):
         work.step()
     times = sorted(timer(work.step) for _ in range(spec["steps"]))
-    result = dict(model=spec["model"], impl=work.model.impl, batch_size=work.batch_size,
+    result = dict(model=spec["model"], impl=tier_of(work.model), batch_size=work.batch_size,
                   steps_per_epoch=work.steps_per_epoch(), times_ms=[t * 1e3 for t in times],
                   flops=model_flops(work.model, work.x.shape)["total"],
                   rss_after_imports=rss_imports, peak_rss=peak_rss())

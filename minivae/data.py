@@ -1,6 +1,7 @@
 """The batch pipeline: a split of a dataset as uint8 arrays, then float batches on a backend.
 
-``load`` reads a split from the cache (fetching and verifying it first, minivae.download);
+``load`` reads a split from the cache (fetching and verifying it first, minivae.download), and
+``load_for`` the split a run's settings name;
 ``to_float``, ``batches`` and ``num_batches`` turn uint8 images on the host into float batches
 in [0, 1] on the chosen backend, one batch at a time.
 """
@@ -57,6 +58,15 @@ def load(dataset, split, data_dir=None, mirrors=None, limit=None, download=True,
             raise ValueError(f"limit must be >= 0, got {limit}")
         images, labels = images[:limit], labels[:limit]
     return images, labels
+
+
+def load_for(cfg, split, limit=None, progress=True):
+    """A split of the dataset of run settings cfg (minivae.config.Config), from its data folder
+    and --mirror sources (tried before the default ones); with cfg.download False the cached
+    files are used as they are (no download, no checksum)."""
+    return load(cfg.dataset, split, data_dir=cfg.data_dir,
+                mirrors=fetch.mirrors(cfg.dataset, extra=cfg.mirrors), limit=limit,
+                download=cfg.download, progress=progress)
 
 
 def to_float(images, xp=np, dtype=np.float32, pad=0, flatten=False):

@@ -1,26 +1,22 @@
 """What a trained model is worth: test ELBO, importance-weighted log p(x), reconstructions.
 
 `test_neg_elbo`, `reconstruct` and `decode_probs` are what the training loop reports and draws
-after every epoch; `load_run` rebuilds the model of a saved run folder, and `evaluate_run` is
-`minivae evaluate RUN`. Every random number here comes from a stream of its own (see
-minivae.config), never from the two training streams.
+after every epoch; `evaluate_run` is `minivae evaluate RUN`. Every random number here comes from
+a stream of its own (minivae.run), never from the two training streams.
 """
 
 import math
-from pathlib import Path
 
 import numpy as np
 
 from minivae import data
 from minivae.backend import backend_name, make_rng, to_device, to_host
-from minivae.checkpoint import Checkpoint, checkpoint_path, list_checkpoints
-from minivae.config import (STREAM_EVAL, STREAM_TEST, TrainError, data_overrides, is_int, layout,
-                            load_split, make_config, model_for, resolve_backend, stream_rng)
+from minivae.errors import TrainError
 from minivae.layers import sigmoid
 from minivae.losses import kl_log_var
-from minivae.models import reparametrize
+from minivae.models import log_mean_exp, log_weights, reparametrize
 from minivae.progress import bar as progress_bar
-from minivae.statcheck import log_mean_exp, log_weights
+from minivae.run import STREAM_EVAL, STREAM_TEST, load_run, stream_rng
 
 EVAL_BATCH = 128          # images per forward pass when evaluating (bounds its memory)
 ACTIVE_VARIANCE = 0.01    # a latent dimension is active when Var_x(mu_d) exceeds this
@@ -45,18 +41,19 @@ def decode_probs(model, z):
 
 def eval_batches(model, images, cfg, batch_size=EVAL_BATCH):
     """The images in order, as float batches laid out for cfg's model (all of them, no shuffle)."""
-    pad, flatten, _ = layout(cfg)
+    spec = cfg.spec
     return data.batches(images, None, batch_size=batch_size, xp=model.xp, dtype=model.dtype,
-                        rng=make_rng(0), shuffle=False, drop_last=False, pad=pad, flatten=flatten)
+                        rng=make_rng(0), shuffle=False, drop_last=False, pad=spec.pad,
+                        flatten=spec.flatten)
 
 
 def test_neg_elbo(model, images, cfg, epoch, batch_size=EVAL_BATCH):
     """Negative ELBO (recon + KL, no beta, no weight penalty) per test image, one sampled z each,
     the noise drawn from a stream of its own (seed, STREAM_TEST, epoch)."""
-    rng = stream_rng(cfg["seed"], STREAM_TEST, epoch)
+    rng = stream_rng(cfg.seed, STREAM_TEST, epoch)
     total, n = 0.0, 0
     for x, _ in eval_batches(model, images, cfg, batch_size):
-        eps = noise(rng, (len(x), cfg["latent_dim"]), model.xp, model.dtype)
+        eps = noise(rng, (len(x), cfg.latent_dim), model.xp, model.dtype)
         t = model.loss(x, noise=eps, beta=1.0, weight_decay=0.0)
         total += (t.recon + t.kl) * len(x)
         n += len(x)
@@ -90,36 +87,6 @@ def latent_metrics(model, images, cfg):
     return row
 
 
-def load_run(run_dir, epoch=None, backend="auto", log=None, verbose=False):
-    """(model, cfg, checkpoint) for run_dir's checkpoint `epoch` (default: the newest)."""
-    run = Path(run_dir)
-    if not run.exists():
-        raise TrainError(f"run folder {run} does not exist")
-    if not run.is_dir():
-        raise TrainError(f"{run} is not a run folder (it is a file)")
-    if epoch is not None:
-        if not is_int(epoch) or epoch < 1:
-            raise TrainError(f"--epoch must be a positive integer, got {epoch!r}")
-        path = checkpoint_path(run, epoch)
-        if not path.is_file():
-            have = ", ".join(str(e) for e, _ in list_checkpoints(run)) or "none"
-            raise TrainError(f"{run} has no checkpoint for epoch {epoch} (epochs saved: {have})")
-    else:
-        found = list_checkpoints(run)
-        if not found:
-            raise TrainError(f"{run} holds no checkpoints (checkpoints/model-<N>.npz); is it a "
-                             f"run folder written by `minivae train`?")
-        path = found[-1][1]
-    ckpt = Checkpoint(path)
-    try:
-        cfg = make_config(**ckpt.config)
-    except (TrainError, TypeError) as e:
-        raise TrainError(f"checkpoint {path} holds an unusable config: {e}") from None
-    model = model_for(cfg, resolve_backend(backend, log=log, verbose=verbose))
-    ckpt.restore(model)
-    return model, cfg, ckpt
-
-
 def evaluate(model, images, cfg, iw_samples=100, batch_size=None, seed_stream=STREAM_EVAL,
              max_rows=1024, progress=False):
     """Negative ELBO and importance-weighted -log p(x) per image, in nats, on model.xp.
@@ -137,9 +104,9 @@ def evaluate(model, images, cfg, iw_samples=100, batch_size=None, seed_stream=ST
     K = int(iw_samples)
     if K < 1:
         raise TrainError(f"--iw-samples must be a positive integer, got {iw_samples!r}")
-    d = cfg["latent_dim"]
+    d = cfg.latent_dim
     batch_size = batch_size or max(1, min(EVAL_BATCH, max_rows))
-    rng = stream_rng(cfg["seed"], seed_stream, K)
+    rng = stream_rng(cfg.seed, seed_stream, K)
     elbo_sum = iwae_sum = 0.0
     n = 0
     with progress_bar(progress, total=data.num_batches(len(images), batch_size, False),
@@ -166,12 +133,12 @@ def evaluate_run(run_dir, epoch=None, iw_samples=100, backend="auto", limit=None
                  mirrors=None, download=None, log=None, progress=False, verbose=False):
     """`minivae evaluate`: the test -ELBO and IWAE -log p(x) of a saved run's checkpoint."""
     model, cfg, ckpt = load_run(run_dir, epoch, backend, log=log, verbose=verbose)
-    data_overrides(cfg, data_dir, mirrors, download)
-    test_x, _ = load_split(cfg, "test", limit if limit is not None else cfg["limit"])
+    cfg = cfg.replace(data_dir=data_dir, mirrors=mirrors or None, download=download)
+    test_x, _ = data.load_for(cfg, "test", limit if limit is not None else cfg.limit)
     with np.errstate(all="ignore"):
         result = evaluate(model, test_x, cfg, iw_samples=iw_samples, progress=progress)
         result["latent"] = latent_stats(*posterior_means(model, test_x, cfg))
-    result.update(epoch=ckpt.epoch, dataset=cfg["dataset"], model=cfg["model"],
+    result.update(epoch=ckpt.epoch, dataset=cfg.dataset, model=cfg.model,
                   backend=backend_name(model.xp))
     for key in ("neg_elbo", "neg_log_px"):
         if not math.isfinite(result[key]):

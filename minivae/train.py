@@ -1,18 +1,6 @@
 """The training loop: epochs of Adam steps, the pictures and metrics after each, exact resume.
 
-A run lives in one folder (``--out``)::
-
-    config.json              the settings the run was started with (a longer resumed run
-                             raises its epochs)
-    original.png             the fixed sample_size x sample_size grid of training inputs
-    epoch_<N>.png            their reconstructions after epoch N (--recon-from: decoded from a
-                             sampled z, or from the posterior mean)
-    samples_<N>.png          decodes of a fixed set of draws from the prior N(0, I)
-    metrics.csv              one row per epoch (see checkpoint.metric_fields)
-    loss.png                 train loss and test -ELBO per epoch
-    checkpoints/model-<N>.npz  everything needed to continue: parameters, Adam state, RNG states,
-                             epoch, steps taken (the KL warm-up's position), config and the
-                             metrics so far
+The run folder it writes is described in minivae.run.
 
 Randomness and exact resume
 ---------------------------
@@ -34,29 +22,33 @@ half-written file under a real name (minivae.files). The checkpoint format is in
 minivae.checkpoint, the settings in minivae.config, the test ELBO in minivae.evaluate.
 """
 
+import dataclasses
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
 from minivae import data, plots
 from minivae.backend import to_host
-from minivae.checkpoint import (Checkpoint, checkpoint_path, list_checkpoints, prepare_out,
-                                prune_checkpoints, read_config, remove_created,
-                                remove_stale_temporaries, save_checkpoint, write_config,
-                                write_metrics)
-from minivae.config import (FIXED_ON_RESUME, LATER_SETTINGS, STREAM_DATA, STREAM_GRID,
-                            STREAM_RECON, STREAM_SAMPLES, TrainError, check_config, flag,
-                            kl_weight, layout, load_split, model_for, resolve_backend, stream_rng)
+from minivae.checkpoint import save_checkpoint
+from minivae.config import check_config
+from minivae.errors import NonFiniteLossError, TrainError
 from minivae.evaluate import decode_probs, latent_metrics, noise, reconstruct, test_neg_elbo
-from minivae.optim import Adam
 from minivae.progress import bar as progress_bar, say as _say
+from minivae.run import (LOSS, ORIGINAL, STREAM_GRID, STREAM_RECON, STREAM_SAMPLES,
+                         RunFolder, choose_backend, fresh_state, stream_rng)
 
 
-class NonFiniteLossError(TrainError):
-    """Training produced a NaN or infinity; the message names the epoch and step."""
+def kl_weight(cfg, step):
+    """The KL weight of training step `step` (0 for the first): with --kl-warmup W > 0 it rises
+    linearly from 0 to --beta over the first W steps (beta * step / W), then stays at --beta."""
+    if cfg.kl_warmup and step < cfg.kl_warmup:
+        return cfg.beta * step / cfg.kl_warmup
+    return cfg.beta
 
 
 def params_finite(model):
@@ -69,202 +61,227 @@ def _warn(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+@dataclass
+class Run:
+    """What a training run holds while it runs."""
+    cfg: object                 # config.Config
+    folder: RunFolder
+    model: object
+    opt: object
+    data_rng: np.random.Generator
+    train_x: np.ndarray
+    test_x: np.ndarray
+    steps_per_epoch: int
+    step: int = 0               # training steps taken (the KL warm-up's position)
+    progress: bool = True
+    writer: object = None       # a tensorboardX SummaryWriter, or None
+    callback: Optional[Callable] = None
+
+
 def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=None,
           verbose=False):
-    """Train as `cfg` says (see make_config), writing the run folder; returns the metrics rows.
+    """Train as `cfg` (a config.Config) says, writing the run folder; returns the metrics rows.
 
-    resume:   continue from the newest checkpoint in cfg["out"] that restores cleanly (damaged
+    resume:   continue from the newest checkpoint in cfg.out that restores cleanly (damaged
               newer ones are skipped with a warning); start afresh if there is none.
     callback: called as callback(epoch, step, terms) after every optimizer step (tests use it to
               interrupt a run part-way through an epoch).
     verbose:  say why --backend auto picked the backend it did.
     """
-    cfg = dict(cfg)
     check_config(cfg)
-    out = Path(cfg["out"])
-    xp = resolve_backend(cfg["backend"], log=warn, verbose=verbose)
-    if cfg["tensorboard"]:
+    if cfg.data_dir is not None:          # config.json names the folder wherever it is read
+        cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).resolve()))
+    existed = Path(cfg.out).is_dir()
+    run, ckpt = _start(cfg, resume, progress, warn, verbose)
+    run.callback = callback
+    history = _history(run, ckpt, resume and existed, log, warn)
+    grid = _fixed_grid(run)
+    run.writer = _tensorboard_writer(cfg, run.folder)
+    first_epoch = ckpt.epoch + 1 if ckpt is not None else 1
+    try:
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            row = _train_epoch(run, epoch)
+            _evaluate_epoch(run, epoch, row)
+            history.append(row)
+            _save_epoch(run, epoch, history, grid)
+            log(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} (recon "
+                f"{row['train_recon']:.4f}, kl {row['train_kl']:.4f}, reg {row['train_reg']:.4f}), "
+                f"test -ELBO {row['test_neg_elbo']:.4f}, active units {row['active_units']}/"
+                f"{cfg.latent_dim}, {row['seconds']:.1f}s")
+    finally:
+        if run.writer is not None:
+            run.writer.close()
+    return history
+
+
+def _tensorboard_writer(cfg, folder):
+    if not cfg.tensorboard:
+        return None
+    from tensorboardX import SummaryWriter     # checked importable by _start
+    return SummaryWriter(logdir=str(folder.file("tensorboard")))
+
+
+def _start(cfg, resume, progress, warn, verbose):
+    """(Run, checkpoint or None): the folder prepared, the data loaded, the model and optimizer
+    fresh or restored. A run that cannot start leaves no empty run folder behind."""
+    folder = RunFolder(cfg.out)
+    xp = choose_backend(cfg.backend, log=warn, verbose=verbose)
+    if cfg.tensorboard:
         try:
-            from tensorboardX import SummaryWriter
+            import tensorboardX  # noqa: F401
         except ImportError:
             raise TrainError("--tensorboard needs the tensorboardX package: "
                              "pip install 'minivae[tensorboard]' (or pip install tensorboardX)") \
                 from None
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"cannot write to output folder {out}: it exists and is not a folder")
-    if not resume and list_checkpoints(out):
-        raise TrainError(f"{out} already holds a run (checkpoints/model-*.npz); pass --resume to "
-                         f"continue it, or choose another --out")
-    existed = out.is_dir()
-    if existed:
-        remove_stale_temporaries(out, warn)
-
-    created = prepare_out(out)
-    try:     # a run that cannot start leaves no empty run folder behind
-        if cfg["data_dir"] is not None:
-            cfg["data_dir"] = str(Path(cfg["data_dir"]).resolve())
-        train_x, _ = load_split(cfg, "train", cfg["limit"], progress)
-        test_x, _ = load_split(cfg, "test", cfg["limit"], progress)
-        pad, flatten, drop_last = layout(cfg)
-        steps_per_epoch = data.num_batches(len(train_x), cfg["batch_size"], drop_last)
-        if steps_per_epoch == 0:
+    if folder.path.exists() and not folder.path.is_dir():
+        raise TrainError(f"cannot write to output folder {folder}: it exists and is not a folder")
+    if not resume and folder.checkpoints():
+        raise TrainError(f"{folder} already holds a run (checkpoints/model-*.npz); pass --resume "
+                         f"to continue it, or choose another --out")
+    if folder.path.is_dir():
+        folder.remove_stale_temporaries(warn)
+    created = folder.prepare()
+    try:
+        train_x, _ = data.load_for(cfg, "train", cfg.limit, progress)
+        test_x, _ = data.load_for(cfg, "test", cfg.limit, progress)
+        steps = data.num_batches(len(train_x), cfg.batch_size, cfg.spec.drop_last)
+        if steps == 0:
             raise TrainError(f"{len(train_x)} training images make no full batch of "
-                             f"{cfg['batch_size']} (the {cfg['model']} model uses full batches "
-                             f"only); lower --batch-size or raise --limit")
-        ckpt, model, opt, data_rng = _restore_newest(out, cfg, xp, warn) if resume else \
-            (None, *_fresh(cfg, xp))
+                             f"{cfg.batch_size} (the {cfg.model} model uses full batches only); "
+                             f"lower --batch-size or raise --limit")
+        ckpt, model, opt, data_rng = folder.restore_newest(cfg, xp, warn) if resume else \
+            (None, *fresh_state(cfg, xp))
     except BaseException:
-        remove_created(created)
+        folder.remove_created(created)
         raise
+    run = Run(cfg, folder, model, opt, data_rng, train_x, test_x, steps, progress=progress)
+    return run, ckpt
 
-    history, first_epoch, step = [], 1, 0     # step: training steps taken (the KL warm-up's)
+
+def _history(run, ckpt, resumed_folder, log, warn):
+    """The metrics rows of the epochs already trained (none for a fresh run); writes config.json
+    and metrics.csv as they stand now. resumed_folder: --resume on a folder that existed."""
+    cfg, folder = run.cfg, run.folder
+    history = []
     if ckpt is not None:
         history = [r for r in ckpt.metrics if r["epoch"] <= ckpt.epoch]
-        first_epoch = ckpt.epoch + 1
-        step = ckpt.step if ckpt.step is not None else ckpt.epoch * steps_per_epoch
-        if ckpt.epoch >= cfg["epochs"]:
-            log(f"minivae: {out} is already trained to epoch {ckpt.epoch}; raise --epochs to "
+        run.step = ckpt.step if ckpt.step is not None else ckpt.epoch * run.steps_per_epoch
+        if ckpt.epoch >= cfg.epochs:
+            log(f"minivae: {folder} is already trained to epoch {ckpt.epoch}; raise --epochs to "
                 f"train further")
         else:
-            log(f"minivae: resuming {out} from {ckpt.path.name} (epoch {ckpt.epoch} of "
-                f"{cfg['epochs']})")
+            log(f"minivae: resuming {folder} from {ckpt.path.name} (epoch {ckpt.epoch} of "
+                f"{cfg.epochs})")
         # config.json keeps the settings the run was trained with; only a longer run raises
         # its --epochs.
-        saved = read_config(out) or ckpt.config
-        if cfg["epochs"] > saved.get("epochs", 0):
-            write_config(out, dict(saved, epochs=cfg["epochs"]))
+        saved = folder.read_config() or ckpt.config
+        if cfg.epochs > saved.get("epochs", 0):
+            folder.write_config(dict(saved, epochs=cfg.epochs))
     else:
-        if resume and existed:
-            warn(f"minivae: no usable checkpoint in {out}; starting from epoch 1")
-        write_config(out, cfg)
-    write_metrics(out / "metrics.csv", history, cfg["latent_dim"])   # drops lost epochs' rows
+        if resumed_folder:
+            warn(f"minivae: no usable checkpoint in {folder}; starting from epoch 1")
+        folder.write_config(cfg)
+    folder.write_metrics(history, cfg.latent_dim)      # drops lost epochs' rows
     if history:
-        plots.loss_curves(out / "loss.png", history)
-
-    # The fixed grid: sample_size^2 training images, their reconstruction noise, prior draws.
-    s = cfg["sample_size"]
-    grid_idx = stream_rng(cfg["seed"], STREAM_GRID).permutation(len(train_x))[:s * s]
-    grid_x = data.to_float(train_x[grid_idx], xp, model.dtype, pad=pad, flatten=flatten)
-    grid_eps = noise(stream_rng(cfg["seed"], STREAM_RECON), (len(grid_idx), cfg["latent_dim"]),
-                     xp, model.dtype)
-    prior_z = noise(stream_rng(cfg["seed"], STREAM_SAMPLES), (s * s, cfg["latent_dim"]),
-                    xp, model.dtype)
-    plots.save_grid(out / "original.png", to_host(grid_x), ncol=s)
-
-    writer = SummaryWriter(logdir=str(out / "tensorboard")) if cfg["tensorboard"] else None
-    try:
-        for epoch in range(first_epoch, cfg["epochs"] + 1):
-            row = _train_epoch(model, opt, train_x, data_rng, cfg, epoch, steps_per_epoch,
-                               progress, writer, callback, ckpt_epoch=epoch - 1, first_step=step)
-            step += steps_per_epoch
-            if not params_finite(model):
-                raise NonFiniteLossError(_nonfinite_msg(epoch, steps_per_epoch, "parameters",
-                                                        epoch - 1, out))
-            with np.errstate(all="ignore"):
-                row["test_neg_elbo"] = test_neg_elbo(model, test_x, cfg, epoch)
-                row.update(latent_metrics(model, test_x, cfg))
-            if not math.isfinite(row["test_neg_elbo"]):
-                raise NonFiniteLossError(_nonfinite_msg(epoch, steps_per_epoch, "test -ELBO",
-                                                        epoch - 1, out))
-            history.append(row)
-            # The checkpoint first: the run folder never shows an epoch it cannot resume from.
-            save_checkpoint(out, epoch, model, opt, data_rng, cfg, history, step)
-            prune_checkpoints(out, cfg["keep_checkpoints"])
-            recon_eps = grid_eps if cfg["recon_from"] == "sample" else None   # None: the mean
-            plots.save_grid(out / f"epoch_{epoch}.png", reconstruct(model, grid_x, recon_eps),
-                            ncol=s)
-            plots.save_grid(out / f"samples_{epoch}.png", decode_probs(model, prior_z), ncol=s)
-            write_metrics(out / "metrics.csv", history, cfg["latent_dim"])
-            plots.loss_curves(out / "loss.png", history)
-            if writer is not None:
-                writer.add_scalar("test/neg_elbo", row["test_neg_elbo"], epoch * steps_per_epoch)
-                writer.flush()
-            log(f"epoch {epoch}/{cfg['epochs']}: train loss {row['train_loss']:.4f} (recon "
-                f"{row['train_recon']:.4f}, kl {row['train_kl']:.4f}, reg {row['train_reg']:.4f}), "
-                f"test -ELBO {row['test_neg_elbo']:.4f}, active units {row['active_units']}/"
-                f"{cfg['latent_dim']}, {row['seconds']:.1f}s")
-    finally:
-        if writer is not None:
-            writer.close()
+        plots.loss_curves(folder.file(LOSS), history)
     return history
 
 
-def _fresh(cfg, xp):
-    """(model, optimizer, data generator) as a new run starts them."""
-    model = model_for(cfg, xp)
-    return model, Adam(model, lr=cfg["lr"]), stream_rng(cfg["seed"], STREAM_DATA)
+@dataclass
+class Grid:
+    """The fixed pictures of a run: sample_size^2 training images, their reconstruction noise,
+    and draws from the prior."""
+    x: object
+    eps: object
+    prior_z: object
 
 
-def _restore_newest(out, cfg, xp, warn):
-    """(checkpoint, model, optimizer, data generator) restored from the newest checkpoint in
-    `out` that reads back and fits the model; damaged newer ones are skipped with a warning.
-    The checkpoint is None (and the objects fresh) when there is none. A checkpoint trained
-    with other settings is an error, not damage."""
-    for epoch, path in reversed(list_checkpoints(out)):
-        try:
-            ckpt = Checkpoint(path)
-            saved = ckpt.config
-            for key in FIXED_ON_RESUME:
-                was = saved.get(key, LATER_SETTINGS.get(key))   # older files lack later ones
-                if was != cfg.get(key):
-                    raise ResumeMismatch(f"cannot resume {out}: it was trained with {flag(key)} "
-                                         f"{was}, now {flag(key)} {cfg.get(key)}")
-            model, opt, data_rng = _fresh(cfg, xp)
-            ckpt.restore(model, opt, data_rng)
-            return ckpt, model, opt, data_rng
-        except ResumeMismatch:
-            raise
-        except TrainError as e:
-            warn(f"minivae: warning: {e}; trying the checkpoint before it")
-    return (None, *_fresh(cfg, xp))
+def _fixed_grid(run):
+    cfg, model, spec = run.cfg, run.model, run.cfg.spec
+    s = cfg.sample_size
+    idx = stream_rng(cfg.seed, STREAM_GRID).permutation(len(run.train_x))[:s * s]
+    x = data.to_float(run.train_x[idx], model.xp, model.dtype, pad=spec.pad, flatten=spec.flatten)
+    eps = noise(stream_rng(cfg.seed, STREAM_RECON), (len(idx), cfg.latent_dim), model.xp,
+                model.dtype)
+    prior_z = noise(stream_rng(cfg.seed, STREAM_SAMPLES), (s * s, cfg.latent_dim), model.xp,
+                    model.dtype)
+    plots.save_grid(run.folder.file(ORIGINAL), to_host(x), ncol=s)
+    return Grid(x, eps, prior_z)
 
 
-class ResumeMismatch(TrainError):
-    """--resume with settings that differ from the run's: the message names the flag."""
+def _evaluate_epoch(run, epoch, row):
+    """Check the parameters, then add the test -ELBO and the latent metrics to the epoch's row."""
+    last_good = epoch - 1
+    if not params_finite(run.model):
+        raise NonFiniteLossError(_nonfinite_msg(run, epoch, run.steps_per_epoch, "parameters",
+                                                last_good))
+    with np.errstate(all="ignore"):
+        row["test_neg_elbo"] = test_neg_elbo(run.model, run.test_x, run.cfg, epoch)
+        row.update(latent_metrics(run.model, run.test_x, run.cfg))
+    if not math.isfinite(row["test_neg_elbo"]):
+        raise NonFiniteLossError(_nonfinite_msg(run, epoch, run.steps_per_epoch, "test -ELBO",
+                                                last_good))
 
 
-def _nonfinite_msg(epoch, step, what, last_good, out):
-    kept = (f"the last good checkpoint is {checkpoint_path(out, last_good)}" if last_good >= 1
-            else "no checkpoint was written")
+def _save_epoch(run, epoch, history, grid):
+    """The checkpoint first (the run folder never shows an epoch it cannot resume from), then
+    the epoch's pictures, metrics.csv and loss.png."""
+    cfg, folder, model = run.cfg, run.folder, run.model
+    save_checkpoint(folder.checkpoint_path(epoch), epoch, model, run.opt, run.data_rng,
+                    cfg.to_dict(), history, run.step)
+    folder.prune_checkpoints(cfg.keep_checkpoints)
+    recon_eps = grid.eps if cfg.recon_from == "sample" else None          # None: the mean
+    s = cfg.sample_size
+    plots.save_grid(folder.epoch_picture("epoch", epoch), reconstruct(model, grid.x, recon_eps),
+                    ncol=s)
+    plots.save_grid(folder.epoch_picture("samples", epoch), decode_probs(model, grid.prior_z),
+                    ncol=s)
+    folder.write_metrics(history, cfg.latent_dim)
+    plots.loss_curves(folder.file(LOSS), history)
+    if run.writer is not None:
+        run.writer.add_scalar("test/neg_elbo", history[-1]["test_neg_elbo"],
+                              epoch * run.steps_per_epoch)
+        run.writer.flush()
+
+
+def _nonfinite_msg(run, epoch, step, what, last_good):
+    kept = (f"the last good checkpoint is {run.folder.checkpoint_path(last_good)}"
+            if last_good >= 1 else "no checkpoint was written")
     return (f"non-finite {what} at epoch {epoch}, step {step}; training stopped ({kept}); "
             f"try a lower --lr")
 
 
-def _train_epoch(model, opt, train_x, data_rng, cfg, epoch, steps, progress, writer, callback,
-                 ckpt_epoch, first_step):
-    pad, flatten, drop_last = layout(cfg)
+def _train_epoch(run, epoch):
+    """One epoch of Adam steps over a fresh permutation of the training set -> its metrics row
+    (the training loss terms averaged over the images, the KL weight, the seconds)."""
+    cfg, model, spec = run.cfg, run.model, run.cfg.spec
     sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "reg": 0.0}
     seen = 0
-    bar = progress_bar(progress, total=steps, desc=f"epoch {epoch}/{cfg['epochs']}", unit="batch",
-                       leave=True)
+    bar = progress_bar(run.progress, total=run.steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}",
+                       unit="batch", leave=True)
     t0 = time.perf_counter()
     try:
-        batches = data.batches(train_x, None, batch_size=cfg["batch_size"], xp=model.xp,
-                               dtype=model.dtype, rng=data_rng, shuffle=True, drop_last=drop_last,
-                               pad=pad, flatten=flatten)
+        batches = data.batches(run.train_x, None, batch_size=cfg.batch_size, xp=model.xp,
+                               dtype=model.dtype, rng=run.data_rng, shuffle=True,
+                               drop_last=spec.drop_last, pad=spec.pad, flatten=spec.flatten)
         for step, (x, _) in enumerate(batches, 1):
-            beta = kl_weight(cfg, first_step + step - 1)
+            beta = kl_weight(cfg, run.step)
             with np.errstate(all="ignore"):   # overflow is caught below, as a non-finite loss
-                terms = model.loss_and_grads(x, beta=beta, weight_decay=cfg["weight_decay"])
+                terms = model.loss_and_grads(x, beta=beta, weight_decay=cfg.weight_decay)
             values = {k: float(getattr(terms, k)) for k in sums}
             if not all(math.isfinite(v) for v in values.values()):
-                raise NonFiniteLossError(_nonfinite_msg(epoch, step, "loss", ckpt_epoch,
-                                                        cfg["out"]))
+                raise NonFiniteLossError(_nonfinite_msg(run, epoch, step, "loss", epoch - 1))
             with np.errstate(all="ignore"):
-                opt.step()
-            n = len(x)
-            seen += n
+                run.opt.step()
+            run.step += 1
+            seen += len(x)
             for k, v in values.items():
-                sums[k] += v * n
+                sums[k] += v * len(x)
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", refresh=False)
-            global_step = (epoch - 1) * steps + step
-            if writer is not None and (global_step - 1) % cfg["log_every"] == 0:
-                for k, v in values.items():
-                    writer.add_scalar(f"train/{k}", v, global_step)
-                writer.add_scalar("train/beta", beta, global_step)
-            if callback is not None:
-                callback(epoch, step, terms)
+            _log_step(run, (epoch - 1) * run.steps_per_epoch + step, values, beta)
+            if run.callback is not None:
+                run.callback(epoch, step, terms)
     finally:
         bar.close()
     row = {"epoch": epoch}
@@ -272,3 +289,11 @@ def _train_epoch(model, opt, train_x, data_rng, cfg, epoch, steps, progress, wri
     row["beta"] = beta                  # the KL weight in force at the end of the epoch
     row["seconds"] = time.perf_counter() - t0
     return row
+
+
+def _log_step(run, global_step, values, beta):
+    """TensorBoard scalars every --log-every steps."""
+    if run.writer is not None and (global_step - 1) % run.cfg.log_every == 0:
+        for k, v in values.items():
+            run.writer.add_scalar(f"train/{k}", v, global_step)
+        run.writer.add_scalar("train/beta", beta, global_step)

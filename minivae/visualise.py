@@ -21,9 +21,9 @@ import numpy as np
 
 from minivae import data
 from minivae.backend import to_host
-from minivae.config import STREAM_VIS, TrainError, data_overrides, layout, load_split, stream_rng
-from minivae.evaluate import (decode_probs, latent_stats, load_run, noise, posterior_means,
-                              reconstruct)
+from minivae.errors import TrainError
+from minivae.evaluate import decode_probs, latent_stats, noise, posterior_means, reconstruct
+from minivae.run import STREAM_VIS, load_run, stream_rng
 from minivae.plots import (CLASS_NAMES, as_square_images, image_grid, latent_scatter,
                            manifold_points, pca_2d, save_gif, save_grid, save_png, side_by_side,
                            traversal_figure)
@@ -64,80 +64,94 @@ def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, m
     if not lo < hi:
         raise TrainError(f"--traverse-range needs LO < HI, got {lo:g} {hi:g}")
     model, cfg, ckpt = load_run(run_dir, epoch, backend, log=warn, verbose=verbose)
-    data_overrides(cfg, data_dir, mirrors, download)
-    images, labels = load_split(cfg, "test", limit if limit is not None else cfg["limit"])
-    traverse_image, (ia, ib) = pick_images(labels, traverse_image, interpolate)
-    pad, flatten, _ = layout(cfg)
+    cfg = cfg.replace(data_dir=data_dir, mirrors=mirrors or None, download=download)
+    images, labels = data.load_for(cfg, "test", limit if limit is not None else cfg.limit)
+    traverse_image, pair = pick_images(labels, traverse_image, interpolate)
     run = Path(run_dir)
-    xp = model.xp
-    written = []
-
     with np.errstate(all="ignore"):
         means, log_vars = posterior_means(model, images, cfg)
-        d = means.shape[1]
-        title = (f"{cfg['model']} VAE on {cfg['dataset']}, epoch {ckpt.epoch}\n"
-                 f"encoder means of {len(means)} test images")
-        if d == 1:
-            coords, axes = np.stack([means[:, 0], np.zeros(len(means))], axis=1), None
-            xl, yl = "z[0]", "(1-D latent)"
-        elif d == 2:
-            coords, axes = means, None
-            xl, yl = "z[0]", "z[1]"
-        else:
-            coords, axes = pca_2d(means)
-            xl, yl = f"principal axis 1 of the {d}-D means", f"principal axis 2 of the {d}-D means"
-            title += ", PCA projection"
-        written.append(latent_scatter(run / "clustering.png", coords, labels,
-                                      CLASS_NAMES.get(cfg["dataset"]), xl, yl, title))
-
-        pts = manifold_points()
-        if d == 2:
-            z = pts
-        elif d == 1:
-            z = pts[:, :1]
-        else:
-            z = pts @ axes          # (121, d): the plane of the two principal axes, through 0
-        probs = decode_probs(model, xp.asarray(z.astype(model.dtype)))
-        written.append(save_grid(run / "manifold.png", probs, ncol=11, scale=SCALE))
-        if d > 2:
-            log(f"minivae: latent has {d} dimensions: clustering.png shows the test means "
-                f"projected on their first two principal axes; manifold.png decodes [-2, 2]^2 on "
-                f"the plane spanned by those axes (all other directions at 0)")
-
-        rng = stream_rng(cfg["seed"], STREAM_VIS)
-        idx = rng.permutation(len(images))[:num_images]
-        x = data.to_float(images[idx], xp, model.dtype, pad=pad, flatten=flatten)
-        eps = noise(rng, (len(idx), d), xp, model.dtype)
-        recon = as_square_images(reconstruct(model, x, eps))
-        orig = as_square_images(to_host(x))
-        for i in range(len(idx)):
-            written.append(save_png(run / f"test-image-{i + 1}.png", orig[i]))
-            written.append(save_png(run / f"reconstruction-{i + 1}.png", recon[i]))
-        written.append(save_png(run / "test-vs-reconstruction.png", side_by_side(orig, recon),
-                                scale=2))
-
-        kl = latent_stats(means, log_vars)["kl"]
-        order = np.argsort(kl, kind="stable")[::-1]                     # largest KL first
-        values = np.linspace(lo, hi, TRAVERSAL_STEPS)
-        z = np.repeat(means[traverse_image][None], d * TRAVERSAL_STEPS, axis=0)
-        for r, dim in enumerate(order):
-            z[r * TRAVERSAL_STEPS:(r + 1) * TRAVERSAL_STEPS, dim] = values
-        tiles = as_square_images(decode_probs(model, xp.asarray(z.astype(model.dtype))))
-        rows = tiles.reshape((d, TRAVERSAL_STEPS) + tiles.shape[1:])
-        row_labels = [f"z[{dim}]  KL {kl[dim]:.2f}" for dim in order]
-        written.append(traversal_figure(
-            run / "traversals.png", rows, row_labels, values,
-            title=f"latent traversals around test image {traverse_image} (epoch {ckpt.epoch})"))
-        steps = list(range(TRAVERSAL_STEPS)) + list(range(TRAVERSAL_STEPS - 2, 0, -1))
-        written.append(save_gif(run / "traversals.gif",
-                                [image_grid(rows[:, k], 1, pad=2) for k in steps], scale=SCALE))
-
-        t = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)[:, None]
-        z = (1 - t) * means[ia] + t * means[ib]                           # (steps, d)
-        between = as_square_images(decode_probs(model, xp.asarray(z.astype(model.dtype))))
-        ends = as_square_images(to_host(data.to_float(images[[ia, ib]], xp, model.dtype,
-                                                      pad=pad, flatten=flatten)))
-        strip = np.concatenate([ends[:1], between, ends[1:]])
-        written.append(save_grid(run / "interpolation.png", strip, ncol=len(strip), pad=2,
-                                 scale=SCALE))
+        written = _latent_plane(run, model, cfg, ckpt.epoch, means, labels, log)
+        written += _test_reconstructions(run, model, cfg, images, num_images)
+        written += _traversals(run, model, means, log_vars, traverse_image, np.linspace(
+            lo, hi, TRAVERSAL_STEPS), ckpt.epoch)
+        written.append(_interpolation(run, model, cfg, images, means, pair))
     return written
+
+
+def _latent_plane(run, model, cfg, epoch, means, labels, log):
+    """clustering.png and manifold.png."""
+    d = means.shape[1]
+    title = (f"{cfg.model} VAE on {cfg.dataset}, epoch {epoch}\n"
+             f"encoder means of {len(means)} test images")
+    if d == 1:
+        coords, axes = np.stack([means[:, 0], np.zeros(len(means))], axis=1), None
+        xl, yl = "z[0]", "(1-D latent)"
+    elif d == 2:
+        coords, axes = means, None
+        xl, yl = "z[0]", "z[1]"
+    else:
+        coords, axes = pca_2d(means)
+        xl, yl = f"principal axis 1 of the {d}-D means", f"principal axis 2 of the {d}-D means"
+        title += ", PCA projection"
+    written = [latent_scatter(run / "clustering.png", coords, labels,
+                              CLASS_NAMES.get(cfg.dataset), xl, yl, title)]
+    pts = manifold_points()
+    z = pts if d == 2 else pts[:, :1] if d == 1 else pts @ axes   # d > 2: the two axes' plane
+    probs = decode_probs(model, model.xp.asarray(z.astype(model.dtype)))
+    written.append(save_grid(run / "manifold.png", probs, ncol=11, scale=SCALE))
+    if d > 2:
+        log(f"minivae: latent has {d} dimensions: clustering.png shows the test means "
+            f"projected on their first two principal axes; manifold.png decodes [-2, 2]^2 on "
+            f"the plane spanned by those axes (all other directions at 0)")
+    return written
+
+
+def _test_reconstructions(run, model, cfg, images, num_images):
+    """test-image-<i>.png, reconstruction-<i>.png and test-vs-reconstruction.png."""
+    spec, xp = cfg.spec, model.xp
+    rng = stream_rng(cfg.seed, STREAM_VIS)
+    idx = rng.permutation(len(images))[:num_images]
+    x = data.to_float(images[idx], xp, model.dtype, pad=spec.pad, flatten=spec.flatten)
+    eps = noise(rng, (len(idx), model.latent_dim), xp, model.dtype)
+    recon = as_square_images(reconstruct(model, x, eps))
+    orig = as_square_images(to_host(x))
+    written = []
+    for i in range(len(idx)):
+        written.append(save_png(run / f"test-image-{i + 1}.png", orig[i]))
+        written.append(save_png(run / f"reconstruction-{i + 1}.png", recon[i]))
+    written.append(save_png(run / "test-vs-reconstruction.png", side_by_side(orig, recon),
+                            scale=2))
+    return written
+
+
+def _traversals(run, model, means, log_vars, traverse_image, values, epoch):
+    """traversals.png and traversals.gif: each dimension swept over `values`, largest KL first."""
+    d, steps = means.shape[1], len(values)
+    kl = latent_stats(means, log_vars)["kl"]
+    order = np.argsort(kl, kind="stable")[::-1]                     # largest KL first
+    z = np.repeat(means[traverse_image][None], d * steps, axis=0)
+    for r, dim in enumerate(order):
+        z[r * steps:(r + 1) * steps, dim] = values
+    tiles = as_square_images(decode_probs(model, model.xp.asarray(z.astype(model.dtype))))
+    rows = tiles.reshape((d, steps) + tiles.shape[1:])
+    row_labels = [f"z[{dim}]  KL {kl[dim]:.2f}" for dim in order]
+    png = traversal_figure(run / "traversals.png", rows, row_labels, values,
+                           title=f"latent traversals around test image {traverse_image} "
+                                 f"(epoch {epoch})")
+    frames = list(range(steps)) + list(range(steps - 2, 0, -1))      # there and back
+    gif = save_gif(run / "traversals.gif", [image_grid(rows[:, k], 1, pad=2) for k in frames],
+                   scale=SCALE)
+    return [png, gif]
+
+
+def _interpolation(run, model, cfg, images, means, pair):
+    """interpolation.png: decodes along the line between two test images' posterior means."""
+    ia, ib = pair
+    spec, xp = cfg.spec, model.xp
+    t = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)[:, None]
+    z = (1 - t) * means[ia] + t * means[ib]                           # (steps, d)
+    between = as_square_images(decode_probs(model, xp.asarray(z.astype(model.dtype))))
+    ends = as_square_images(to_host(data.to_float(images[[ia, ib]], xp, model.dtype,
+                                                  pad=spec.pad, flatten=spec.flatten)))
+    strip = np.concatenate([ends[:1], between, ends[1:]])
+    return save_grid(run / "interpolation.png", strip, ncol=len(strip), pad=2, scale=SCALE)

@@ -18,7 +18,8 @@ import pytest
 
 from minivae import cli
 from minivae import download as dl
-from minivae.checkpoint import CHECKPOINT_FORMAT, list_checkpoints
+from minivae.checkpoint import CHECKPOINT_FORMAT
+from minivae.run import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "bin" / "minivae"
@@ -357,7 +358,7 @@ def test_resume_takes_the_runs_own_settings(cli_run, tmp_path, capsys, synthetic
     for flag, value, saved in (("--lr", "0.01", "0.001"), ("--batch-size", "32", "64"),
                                ("--model", "conv", "mlp")):
         rc, _, err = minivae(capsys, "train", "--resume", "--out", out, flag, value)
-        assert_clean_error(rc, err, f"trained with {flag} {saved}", f"says {flag} {value}",
+        assert_clean_error(rc, err, f"trained with {flag} {saved}", f"not {flag} {value}",
                            status=1)
     rc, _, err = minivae(capsys, "train", "--resume", "--out", out, "--batch-size", "64",
                          "--epochs", "2", "--backend", "numpy")
@@ -374,7 +375,7 @@ def test_resume_of_a_missing_run(tmp_path, capsys, synthetic_data_dir):
                               "--epochs", "1", "--data-dir", synthetic_data_dir, *TINY)
     assert rc == 0, err
     assert f"{typo} does not exist; starting a new run" in err
-    assert [e for e, _ in list_checkpoints(typo)] == [1]
+    assert [e for e, _ in RunFolder(typo).checkpoints()] == [1]
 
 
 def test_keep_checkpoints(tmp_path, capsys, synthetic_data_dir):
@@ -382,12 +383,12 @@ def test_keep_checkpoints(tmp_path, capsys, synthetic_data_dir):
     common = ["--out", out, "--data-dir", synthetic_data_dir, *TINY]
     assert minivae(capsys, "train", "--model", "mlp", "--epochs", "3", "--keep-checkpoints", "2",
                    *common)[0] == 0
-    assert [e for e, _ in list_checkpoints(out)] == [2, 3]
+    assert [e for e, _ in RunFolder(out).checkpoints()] == [2, 3]
     assert minivae(capsys, "train", "--resume", "--out", out, "--epochs", "4",
                    "--keep-checkpoints", "1")[0] == 0
-    assert [e for e, _ in list_checkpoints(out)] == [4]
+    assert [e for e, _ in RunFolder(out).checkpoints()] == [4]
     assert minivae(capsys, "train", "--resume", "--out", out, "--epochs", "5")[0] == 0
-    assert [e for e, _ in list_checkpoints(out)] == [4, 5]      # default: keep all
+    assert [e for e, _ in RunFolder(out).checkpoints()] == [4, 5]      # default: keep all
 
 
 def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys):

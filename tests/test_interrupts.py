@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from minivae import cli, files
-from minivae.checkpoint import Checkpoint, list_checkpoints
+from minivae.checkpoint import Checkpoint
+from minivae.run import RunFolder
 from tests.test_cli import TINY, assert_clean_error, minivae
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def test_file_size_limit_names_the_file_and_the_run_resumes(tmp_path, synthetic_
     assert_clean_error(p.returncode, p.stderr, "checkpoints/model-2.npz", "file-size limit",
                        "the write needed", f"--resume --out {out}", "after epoch 1", status=1)
     assert temporaries(out) == []
-    assert [e for e, _ in list_checkpoints(out)] == [1]
+    assert [e for e, _ in RunFolder(out).checkpoints()] == [1]
     assert not (out / "epoch_2.png").exists() and not (out / "samples_2.png").exists()
     assert metrics_epochs(out) == [1]
     assert cli.main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
@@ -113,7 +114,7 @@ def test_full_disk_names_the_file_and_the_run_resumes(small_disk, capsys, synthe
     out = small_disk / "run"
     rc, _, err = minivae(capsys, "train", "--model", "mlp", "--epochs", "50", "--out", out,
                          "--data-dir", synthetic_data_dir, *TINY)
-    saved = [e for e, _ in list_checkpoints(out)]
+    saved = [e for e, _ in RunFolder(out).checkpoints()]
     assert saved, err
     failed = saved[-1] + 1
     assert_clean_error(rc, err, f"checkpoints/model-{failed}.npz", "disk holding",
@@ -154,7 +155,7 @@ def test_a_signal_ends_training_in_one_line_with_a_resumable_run(sig, status, na
     proc = subprocess.Popen(train_argv(out, synthetic_data_dir, "--epochs", "100000"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: len(list_checkpoints(out)) >= 2, proc, "checkpoint 2")
+        wait_for(lambda: len(RunFolder(out).checkpoints()) >= 2, proc, "checkpoint 2")
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=DEADLINE)
     finally:
@@ -166,7 +167,7 @@ def test_a_signal_ends_training_in_one_line_with_a_resumable_run(sig, status, na
     assert err.startswith(f"minivae: interrupted{name}; `minivae train --resume --out {out}` "
                           f"continues after epoch "), err
     assert temporaries(out) == []
-    newest, path = list_checkpoints(out)[-1]
+    newest, path = RunFolder(out).checkpoints()[-1]
     assert Checkpoint(path).epoch == newest
     assert cli.main(["train", "--resume", "--out", str(out), "--epochs", str(newest + 1),
                      "--no-progress"]) == 0
@@ -211,7 +212,7 @@ def test_training_outlives_the_reader_of_its_output(tmp_path, synthetic_data_dir
     finally:
         os.close(w)
     assert p.returncode == 0 and p.stderr == "", p.stderr
-    assert [e for e, _ in list_checkpoints(tmp_path / "run")] == [1, 2, 3]
+    assert [e for e, _ in RunFolder(tmp_path / "run").checkpoints()] == [1, 2, 3]
 
 
 def test_short_commands_end_quietly_on_a_closed_pipe(tmp_path, synthetic_data_dir):

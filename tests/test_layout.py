@@ -2,6 +2,7 @@
 and every module imports on its own in a fresh interpreter."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,8 @@ def test_plots_take_arrays_and_paths_only():
 
 def test_the_engine_imports_nothing_of_the_program():
     engine = {"minivae.backend", "minivae.layers", "minivae.conv", "minivae.losses",
-              "minivae.optim", "minivae.models", "minivae.gradcheck", "minivae.statcheck"}
+              "minivae.optim", "minivae.models", "minivae.tiers", "minivae.gradcheck",
+              "minivae.statcheck"}
     engine |= {m for m in MODULES if m.startswith("minivae.fast")}
     for name in engine & set(MODULES):
         assert GRAPH[name] <= engine | {"minivae"}, (name, GRAPH[name] - engine)
@@ -72,3 +74,50 @@ def test_each_module_imports_alone_in_a_fresh_interpreter():
     p = subprocess.run([sys.executable, "-c", code, *MODULES], capture_output=True, text=True,
                        cwd=PACKAGE.parent, timeout=600)
     assert p.returncode == 0 and p.stdout == "", p.stdout + p.stderr
+
+
+README = PACKAGE.parent / "README.md"
+
+
+def reading_order():
+    """The package's files in the order README's two reading guides list them: the paths named
+    in bold under "Reading the engine" and "Reading the program" (a folder names every module in
+    it; a bare file name continues the folder of the path before it)."""
+    text = README.read_text()
+    start = text.index("## Reading the engine")
+    end = text.index("Everything that compares with PyTorch", start)
+    order, folder = [], "minivae"
+    for name in re.findall(r"\*\*`([^`]+)`\*\*", text[start:end]):
+        name = name.rstrip("/")
+        if "/" in name:
+            folder, name = name.rsplit("/", 1) if name.endswith(".py") else (name, "")
+        path = PACKAGE.parent / folder / name
+        if name == "":
+            files = sorted(path.glob("*.py"))
+        else:
+            files = [path]
+        for f in files:
+            assert f.is_file(), f"README lists {f.relative_to(PACKAGE.parent)}, which is missing"
+            order.append(module_name(f))
+    return order
+
+
+def test_the_reading_guides_list_every_module_after_what_it_imports():
+    order = reading_order()
+    assert len(order) == len(set(order)), "a module is listed twice"
+    assert set(order) == set(MODULES), set(MODULES) ^ set(order)
+    seen = set()
+    for name in order:
+        # a subpackage's __init__ (its map) may name its modules, listed beside it
+        package = {m for m in MODULES if m.startswith(name + ".")}
+        early = GRAPH[name] - seen - package - {"minivae"}
+        assert not early, f"README lists {name} before {sorted(early)}, which it imports"
+        seen.add(name)
+
+
+def test_the_plain_tier_imports_no_other_tier():
+    plain = ["minivae.backend", "minivae.conv", "minivae.layers", "minivae.losses",
+             "minivae.optim", "minivae.models"]
+    assert reading_order()[:6] == plain
+    for name in plain:
+        assert GRAPH[name] <= set(plain), (name, GRAPH[name] - set(plain))

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minivae import train as train_module
-from minivae.checkpoint import Checkpoint, list_checkpoints, metric_fields
-from minivae.config import TrainError, layout, make_config
+from minivae import run as run_module
+from minivae.checkpoint import Checkpoint
+from minivae.config import make_config
+from minivae.errors import TrainError
+from minivae.run import RunFolder, metric_fields
 from minivae.evaluate import evaluate_run
 from minivae.train import NonFiniteLossError, train
 
@@ -81,7 +83,7 @@ def test_mlp_run_writes_every_output(mlp_run):
         assert (out / "checkpoints" / f"model-{e}.npz").is_file()
     assert png_size(out / "loss.png")[0] > 100
     rows = read_csv(out / "metrics.csv")
-    assert list(rows[0]) == list(metric_fields(cfg["latent_dim"]))
+    assert list(rows[0]) == list(metric_fields(cfg.latent_dim))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     for r in rows:
         assert all(math.isfinite(float(v)) for v in r.values())
@@ -104,7 +106,7 @@ def test_checkpoint_contents_load_without_pickle(mlp_run):
     assert json.loads(str(z["config"]))["hidden_dim"] == 32
     assert len(json.loads(str(z["metrics"]))) == 3
     assert "param/encoder.0.W" in z and z["param/encoder.0.W"].shape == (784, 32)
-    assert "optim/M.encoder.0.W" in z and int(z["optim/t"]) == 3 * 6
+    assert "optim/m.encoder.0.W" in z and int(z["optim/t"]) == 3 * 6     # one format, any tier
     for k in ("rng/model", "rng/data"):
         assert json.loads(str(z[k]))["bit_generator"] == "PCG64"
     assert all(v.dtype != object for v in z.values())
@@ -139,7 +141,7 @@ def test_resume_after_mid_epoch_interruption_is_exact(mlp_run, tmp_path, synthet
 
     with pytest.raises(Interrupt):
         run(tiny(out, synthetic_data_dir, epochs=3), callback=kill)
-    assert [e for e, _ in list_checkpoints(out)] == [1]
+    assert [e for e, _ in RunFolder(out).checkpoints()] == [1]
     # Simulate a kill in the middle of writing the next checkpoint: a stray temporary file.
     (out / "checkpoints" / ".model-2.npz.tmp999").write_bytes(b"PK\x03\x04 half written")
     run(tiny(out, synthetic_data_dir, epochs=3), resume=True)
@@ -165,7 +167,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint(mlp_run, tmp_path, synthetic_d
 def test_resume_refuses_changed_settings(mlp_run, tmp_path, synthetic_data_dir):
     out = tmp_path / "run"
     run(tiny(out, synthetic_data_dir, epochs=1))
-    with pytest.raises(TrainError, match="trained with --lr 0.001, now --lr 0.0005"):
+    with pytest.raises(TrainError, match="trained with --lr 0.001, not --lr 0.0005"):
         run(tiny(out, synthetic_data_dir, epochs=2, lr=5e-4), resume=True)
 
 
@@ -179,7 +181,7 @@ def test_nan_guard_absurd_learning_rate(tmp_path, synthetic_data_dir):
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+"):
         run(tiny(out, synthetic_data_dir, lr=1e6))
-    assert list_checkpoints(out) == []
+    assert RunFolder(out).checkpoints() == []
     assert read_csv(out / "metrics.csv") == []
     assert not (out / "epoch_1.png").exists()
 
@@ -187,8 +189,8 @@ def test_nan_guard_absurd_learning_rate(tmp_path, synthetic_data_dir):
 def test_nan_guard_keeps_last_good_checkpoint(tmp_path, synthetic_data_dir, monkeypatch):
     out = tmp_path / "run"
     built = []
-    real_build = train_module.model_for
-    monkeypatch.setattr(train_module, "model_for",
+    real_build = run_module.model_for
+    monkeypatch.setattr(run_module, "model_for",
                         lambda cfg, xp: built.append(real_build(cfg, xp)) or built[-1])
 
     def poison(epoch, step, terms):      # a weight turns NaN after step 2 of epoch 2
@@ -197,7 +199,7 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path, synthetic_data_dir, monk
 
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 3.*model-1\.npz"):
         run(tiny(out, synthetic_data_dir, epochs=3), callback=poison)
-    assert [e for e, _ in list_checkpoints(out)] == [1]
+    assert [e for e, _ in RunFolder(out).checkpoints()] == [1]
     Checkpoint(out / "checkpoints" / "model-1.npz")       # still readable
     rows = read_csv(out / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1]
@@ -306,13 +308,14 @@ def test_bad_settings(key, value, tmp_path):
 
 def test_seed_defaults():
     mlp, conv = make_config("mlp"), make_config("conv")
-    assert (mlp["dataset"], mlp["epochs"], mlp["lr"], mlp["batch_size"], mlp["weight_decay"],
-            mlp["latent_dim"], mlp["hidden_dim"], mlp["sample_size"]) == \
+    assert (mlp.dataset, mlp.epochs, mlp.lr, mlp.batch_size, mlp.weight_decay,
+            mlp.latent_dim, mlp.hidden_dim, mlp.sample_size) == \
         ("mnist", 20, 1e-3, 128, 0.01, 2, 500, 10)
-    assert (conv["dataset"], conv["epochs"], conv["lr"], conv["batch_size"], conv["weight_decay"],
-            conv["beta"], conv["latent_dim"]) == ("fashion-mnist", 10, 1e-4, 64, 0.01, 1.0, 10)
-    assert layout(conv) == (2, False, True) and layout(mlp) == (0, True, False)
-    assert mlp["out"].endswith("mlp-mnist")
+    assert (conv.dataset, conv.epochs, conv.lr, conv.batch_size, conv.weight_decay,
+            conv.beta, conv.latent_dim) == ("fashion-mnist", 10, 1e-4, 64, 0.01, 1.0, 10)
+    assert (conv.spec.pad, conv.spec.flatten, conv.spec.drop_last) == (2, False, True)
+    assert (mlp.spec.pad, mlp.spec.flatten, mlp.spec.drop_last) == (0, True, False)
+    assert mlp.out.endswith("mlp-mnist")
 
 
 # A run folder written before the engine had two tiers (config.json and the checkpoint have no
@@ -351,7 +354,7 @@ def test_resume_on_the_other_tier(mlp_run, tmp_path, synthetic_data_dir):
         p.unlink()
     trained = Checkpoint(src / "checkpoints" / "model-2.npz").config["impl"]
     other = "plain" if trained != "plain" else "fast"
-    rows = run(dict(cfg, impl=other), resume=True)
+    rows = run(cfg.replace(impl=other), resume=True)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[2]["train_loss"] == pytest.approx(history[2]["train_loss"], rel=1e-4)
 
@@ -360,7 +363,7 @@ def damage_checkpoint(path, damage):
     """Rewrite checkpoint `path` without its last parameter / optimizer sum, or with that
     parameter misshapen; returns the name of what was damaged."""
     items = npz(path)
-    prefix = {"param": "param/", "optim": "optim/V.", "shape": "param/"}[damage]
+    prefix = {"param": "param/", "optim": "optim/v.", "shape": "param/"}[damage]
     key = sorted(k for k in items if k.startswith(prefix))[-1]
     if damage == "shape":
         items[key] = items[key][..., :1]
@@ -381,7 +384,7 @@ def test_resume_falls_back_past_every_kind_of_damaged_checkpoint(damage, mlp_run
     path = out / "checkpoints" / "model-3.npz"
     name = damage_checkpoint(path, damage)
     warnings = []
-    rows = train(dict(cfg, out=str(out)), resume=True, progress=False, log=lambda m: None,
+    rows = train(cfg.replace(out=str(out)), resume=True, progress=False, log=lambda m: None,
                  warn=warnings.append)
     assert len(warnings) == 1 and "model-3.npz" in warnings[0] and name in warnings[0], warnings
     assert without_seconds(rows) == without_seconds(history)

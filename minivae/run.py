@@ -1,0 +1,259 @@
+"""A run folder: its files and their names, its settings and metrics, its checkpoints, and the
+model of a saved run. train, evaluate, plot and the command line all reach a run through here.
+
+A run lives in one folder (``--out``)::
+
+    config.json              the settings the run was started with (a longer resumed run
+                             raises its epochs)
+    original.png             the fixed sample_size x sample_size grid of training inputs
+    epoch_<N>.png            their reconstructions after epoch N
+    samples_<N>.png          decodes of a fixed set of draws from the prior N(0, I)
+    metrics.csv              one row per epoch (metric_fields)
+    loss.png                 train loss and test -ELBO per epoch
+    checkpoints/model-<N>.npz  everything needed to continue after epoch N (minivae.checkpoint)
+
+Every file is written to a temporary name and renamed into place (minivae.files).
+"""
+
+import csv
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from minivae import files
+from minivae.backend import backend_name, cupy_status, get_backend
+from minivae.checkpoint import Checkpoint
+from minivae.config import LATER_SETTINGS, SETTINGS, is_int, make_config, resume_settings
+from minivae.errors import ResumeMismatch, TrainError
+from minivae.tiers import build_model, make_adam
+
+CONFIG, METRICS, LOSS, ORIGINAL = "config.json", "metrics.csv", "loss.png", "original.png"
+METRIC_FIELDS = ("epoch", "train_loss", "train_recon", "train_kl", "train_reg", "beta",
+                 "test_neg_elbo", "active_units", "seconds")
+
+# Independent random streams, each seeded from (run seed, stream[, epoch]); only the model's
+# noise and the data order carry state from epoch to epoch (saved in every checkpoint).
+STREAM_DATA, STREAM_GRID, STREAM_RECON, STREAM_SAMPLES, STREAM_TEST, STREAM_EVAL, STREAM_VIS = \
+    range(1, 8)
+
+
+def stream_rng(seed, stream, *more):
+    """A generator independent of the training streams, fixed by (seed, stream, *more)."""
+    return np.random.default_rng([seed, stream, *more])
+
+
+def metric_fields(latent_dim):
+    """The metrics.csv columns of a run with `latent_dim` latent dimensions: METRIC_FIELDS with
+    the test KL of each dimension, kl_0 ... kl_<latent_dim - 1>, before active_units."""
+    at = METRIC_FIELDS.index("active_units")
+    return METRIC_FIELDS[:at] + tuple(f"kl_{i}" for i in range(latent_dim)) + METRIC_FIELDS[at:]
+
+
+def choose_backend(name, log=None, verbose=False):
+    """The array module for backend `name`; for 'auto', say in a few words which one was picked
+    (and, when verbose, why)."""
+    xp = get_backend(name)
+    if name == "auto" and log is not None:
+        picked = backend_name(xp)
+        why = "a usable GPU was found" if picked == "cupy" else f"no usable GPU: {cupy_status()[1]}"
+        log(f"minivae: backend: {picked}" + (f" (auto: {why})" if verbose else ""))
+    return xp
+
+
+def model_for(cfg, xp):
+    """The model cfg describes, freshly initialised from cfg.seed, on array module xp."""
+    return build_model(cfg.model, latent_dim=cfg.latent_dim, hidden_dim=cfg.hidden_dim,
+                       seed=cfg.seed, dtype=np.dtype(cfg.dtype).type, backend=backend_name(xp),
+                       impl=cfg.impl)
+
+
+def fresh_state(cfg, xp):
+    """(model, optimizer, data generator) as a new run starts them."""
+    model = model_for(cfg, xp)
+    return model, make_adam(model, lr=cfg.lr), stream_rng(cfg.seed, STREAM_DATA)
+
+
+class RunFolder:
+    """One run folder on disk (it need not exist yet)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __str__(self):
+        return str(self.path)
+
+    def file(self, name):
+        return self.path / name
+
+    def epoch_picture(self, kind, epoch):
+        """epoch_<N>.png (kind "epoch") or samples_<N>.png (kind "samples")."""
+        return self.path / f"{kind}_{epoch}.png"
+
+    # ---- checkpoints
+
+    def checkpoint_path(self, epoch):
+        return self.path / "checkpoints" / f"model-{epoch}.npz"
+
+    def checkpoints(self):
+        """[(epoch, path)] of the checkpoint files, oldest first."""
+        folder = self.path / "checkpoints"
+        if not folder.is_dir():
+            return []
+        found = []
+        for p in folder.iterdir():
+            m = re.fullmatch(r"model-(\d+)\.npz", p.name)
+            if m and p.is_file():
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def prune_checkpoints(self, keep):
+        """Delete all but the newest `keep` checkpoints (keep None: keep all)."""
+        if keep is not None:
+            for _, path in self.checkpoints()[:-keep]:
+                files.remove(path)
+
+    def restore_newest(self, cfg, xp, warn):
+        """(checkpoint, model, optimizer, data generator) from the newest checkpoint that reads
+        back and fits cfg's model; damaged newer ones are skipped with a warning. The checkpoint
+        is None (and the objects fresh) when none restores. A checkpoint trained with other
+        settings is an error (ResumeMismatch), not damage."""
+        for _, path in reversed(self.checkpoints()):
+            try:
+                ckpt = Checkpoint(path)
+                resume_settings(ckpt.config, {k: getattr(cfg, k) for k in SETTINGS}, self.path)
+                model, opt, data_rng = fresh_state(cfg, xp)
+                ckpt.restore(model, opt, data_rng)
+                return ckpt, model, opt, data_rng
+            except ResumeMismatch:
+                raise
+            except TrainError as e:
+                warn(f"minivae: warning: {e}; trying the checkpoint before it")
+        return (None, *fresh_state(cfg, xp))
+
+    # ---- settings and metrics
+
+    def read_config(self):
+        """The settings in config.json as a dict, or None when there is no readable one."""
+        try:
+            saved = json.loads(self.file(CONFIG).read_text())
+        except (OSError, ValueError):
+            return None
+        return saved if isinstance(saved, dict) else None
+
+    def saved_settings(self):
+        """The run's settings as a dict: its config.json, else its newest checkpoint's (None when
+        it has neither)."""
+        saved = self.read_config()
+        found = self.checkpoints()
+        if saved is None and found:
+            try:
+                saved = Checkpoint(found[-1][1]).config
+            except TrainError:
+                pass           # train() falls back to an older checkpoint and names the damage
+        return saved
+
+    def write_config(self, settings):
+        """Write the settings (a Config or a dict) to config.json."""
+        d = settings if isinstance(settings, dict) else settings.to_dict()
+        files.write_text(self.file(CONFIG), json.dumps(d, indent=2) + "\n")
+
+    def write_metrics(self, rows, latent_dim):
+        """Write the metrics rows (dicts keyed by metric_fields(latent_dim)) as metrics.csv; a
+        column a row lacks (rows of runs saved before that column existed) is left empty."""
+        fields = metric_fields(latent_dim)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(fields)
+        for r in rows:
+            # repr() of a float round-trips exactly: a resumed run's CSV compares bit for bit.
+            w.writerow([repr(r[k]) if isinstance(r.get(k), float) else r.get(k, "")
+                        for k in fields])
+        files.write_text(self.file(METRICS), buf.getvalue())
+
+    # ---- creating it
+
+    def prepare(self):
+        """Create the folder (and checkpoints/) and make sure files can be written there.
+
+        Returns the folders it created, outermost first, for `remove_created` to take back when
+        the run cannot start."""
+        ck = self.path / "checkpoints"
+        created = [p for p in (*reversed(ck.parents), ck) if not p.exists()]
+        try:
+            ck.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise TrainError(f"cannot write to output folder {self.path}: "
+                             f"{e.strerror or type(e).__name__}") from None
+        return created
+
+    @staticmethod
+    def remove_created(created):
+        """Remove the folders prepare() created, as far as they are still empty."""
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+
+    def remove_stale_temporaries(self, warn=None):
+        """Remove what killed processes left half-written here (see minivae.files)."""
+        removed = files.remove_stale(self.path) + files.remove_stale(self.path / "checkpoints")
+        if removed and warn:
+            warn(f"minivae: removed {len(removed)} stale temporary file(s) of an interrupted run "
+                 f"from {self.path}: {', '.join(removed)}")
+        return removed
+
+
+def resume_config(given):
+    """The settings of `train --resume`: the run folder's own (its config.json, else its newest
+    checkpoint's), with the settings the user gave (a dict of those given); see
+    config.resume_settings. A folder that holds no run starts afresh when --model is given."""
+    out = make_config(**given).out
+    given = dict(given, out=str(out))
+    saved = RunFolder(out).saved_settings()
+    if saved is None:
+        why = "does not exist" if not Path(out).exists() else "holds no run (no config.json)"
+        if "model" not in given:
+            raise TrainError(f"cannot resume {out}: it {why}; check --out, or give --model (and "
+                             f"the run's other settings) to start the run afresh")
+        return make_config(**given), f"minivae: {out} {why}; starting a new run with the " \
+                                     f"settings given"
+    saved = {**LATER_SETTINGS, **saved}
+    return make_config(**resume_settings(saved, given, out)), None
+
+
+def load_run(run_dir, epoch=None, backend="auto", log=None, verbose=False):
+    """(model, cfg, checkpoint) for run_dir's checkpoint `epoch` (default: the newest)."""
+    run = RunFolder(run_dir)
+    if not run.path.exists():
+        raise TrainError(f"run folder {run} does not exist")
+    if not run.path.is_dir():
+        raise TrainError(f"{run} is not a run folder (it is a file)")
+    if epoch is not None:
+        if not is_int(epoch) or epoch < 1:
+            raise TrainError(f"--epoch must be a positive integer, got {epoch!r}")
+        path = run.checkpoint_path(epoch)
+        if not path.is_file():
+            have = ", ".join(str(e) for e, _ in run.checkpoints()) or "none"
+            raise TrainError(f"{run} has no checkpoint for epoch {epoch} (epochs saved: {have})")
+    else:
+        found = run.checkpoints()
+        if not found:
+            raise TrainError(f"{run} holds no checkpoints (checkpoints/model-<N>.npz); is it a "
+                             f"run folder written by `minivae train`?")
+        path = found[-1][1]
+    ckpt = Checkpoint(path)
+    try:
+        cfg = make_config(**ckpt.config)
+    except (TrainError, TypeError) as e:
+        raise TrainError(f"checkpoint {path} holds an unusable config: {e}") from None
+    model = model_for(cfg, choose_backend(backend, log=log, verbose=verbose))
+    ckpt.restore(model)
+    return model, cfg, ckpt
