@@ -32,18 +32,32 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from minivae.backend import IMPLS  # noqa: E402
 from minivae.bench import Workload  # noqa: E402
-from minivae.config import MODEL_DEFAULTS  # noqa: E402
 from minivae.models import MODELS  # noqa: E402
+from minivae.tiers import IMPLS  # noqa: E402
 
 
 def _is_minivae(name):
     return name == "minivae" or name.startswith("minivae.")
 
 
+def starter(modules, impl=None):
+    """start(model_name, lr) -> (model, Adam) of an engine's modules: its tiers' table where it
+    has one (build_model, make_adam), else its model class and optim.Adam (older revisions)."""
+    tiers = modules.get("minivae.tiers")
+
+    def start(model_name, lr):
+        if tiers is not None:
+            model = tiers.build_model(model_name, **({"impl": impl} if impl else {}))
+            return model, tiers.make_adam(model, lr=lr)
+        models = modules["minivae.models"]
+        model = (models.MLPVAE if model_name == "mlp" else models.ConvVAE)(seed=0)
+        return model, modules["minivae.optim"].Adam(model, lr=lr)
+    return start
+
+
 def load_engine(folder):
-    """Import the minivae package under `folder` and return its (models, optim) modules.
+    """Import the minivae package under `folder` and return its modules by name.
 
     The package is imported under its own name, then taken out of sys.modules again, with this
     checkout's modules put back: the revision's classes keep their own module globals, so both
@@ -52,7 +66,13 @@ def load_engine(folder):
     saved = {k: sys.modules.pop(k) for k in list(sys.modules) if _is_minivae(k)}
     sys.path.insert(0, str(folder))
     try:
-        return (importlib.import_module("minivae.models"), importlib.import_module("minivae.optim"))
+        for name in ("minivae.models", "minivae.optim", "minivae.tiers"):
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError:
+                pass
+        return {k: v for k, v in sys.modules.items() if _is_minivae(k)
+                and Path(v.__file__).resolve().is_relative_to(Path(folder).resolve())}
     finally:
         sys.path.remove(str(folder))
         for k in [k for k in sys.modules if _is_minivae(k)]:
@@ -70,16 +90,12 @@ def checkout_engine(rev, folder):
         tar.extractall(folder, **safe)
 
 
-def race(engines, model_name, rounds, steps, impl="auto"):
+def race(engines, model_name, rounds, steps):
     """{label: per-round ms per step}, and the first gradients' largest relative difference.
-    impl: the tier of this checkout's engine (the revision's runs as it is)."""
-    cfg = MODEL_DEFAULTS[model_name]
+    engines: {label: starter}."""
+    cfg = MODELS[model_name].defaults
     x = np.random.default_rng(1).random(Workload(model_name).x.shape, dtype=np.float32)
-    runs = {}
-    for label, (models, optim) in engines.items():
-        tier = {"impl": impl} if label == "this" else {}
-        model = (models.MLPVAE if model_name == "mlp" else models.ConvVAE)(seed=0, **tier)
-        runs[label] = (model, optim.Adam(model, lr=cfg["lr"]))
+    runs = {label: start(model_name, cfg["lr"]) for label, start in engines.items()}
     latent = runs["this"][0].latent_dim
     noise = np.random.default_rng(2).standard_normal((len(x), latent), dtype=np.float32)
 
@@ -124,11 +140,11 @@ def main(argv=None):
         except subprocess.CalledProcessError:
             print(f"ab.py: error: git cannot archive minivae at {args.rev!r}", file=sys.stderr)
             return 1
-        this = (importlib.import_module("minivae.models"), importlib.import_module("minivae.optim"))
-        engines = {"this": this, args.rev: load_engine(folder)}
+        this = {k: v for k, v in sys.modules.items() if _is_minivae(k)}
+        engines = {"this": starter(this, args.impl), args.rev: starter(load_engine(folder))}
         for model_name in args.model or tuple(MODELS):
             steps = args.steps or (15 if model_name == "mlp" else 5)
-            times, diff = race(engines, model_name, args.rounds, steps, args.impl)
+            times, diff = race(engines, model_name, args.rounds, steps)
             this, rev = times["this"], times[args.rev]
             ratio = statistics.median(t / r for t, r in zip(this, rev))
             print(f"{model_name}: this checkout {statistics.median(this):.3f} ms, {args.rev} "

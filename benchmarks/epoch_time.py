@@ -50,12 +50,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import torch_train  # noqa: E402  (imports neither torch nor minivae until asked)
-from benchmarks.torch_train import MODELS, BenchError, Parser, at_least  # noqa: E402
+from benchmarks.harness import (CORETYPE_VARS, BenchError, Parser, _plural, _threads,  # noqa: E402
+                                at_least, coretype_note, emit, kernels_line, load_average,
+                                output_arguments, probe_kernels, revision, thread_env,
+                                usable_cores)
+from benchmarks.torch_train import MODELS  # noqa: E402
 from minivae.bench import cpu_model  # noqa: E402
 
 PROG = "epoch_time"
-CORETYPE_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 
 
@@ -125,14 +127,6 @@ def download_command(root, dataset, mirror, data_dir):
             dataset, "--mirror", str(mirror), "--data-dir", str(data_dir)]
 
 
-def child_env(threads, environ=None):
-    """The children's environment: ours, with every thread-count variable set to `threads`
-    (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE pass through as they are)."""
-    env = dict(os.environ if environ is None else environ)
-    env.update({k: str(threads) for k in THREAD_VARS})
-    return env
-
-
 def run_child(cmd, env, what, log_dir):
     """Run one child to completion; on failure write its output to log_dir and raise."""
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -149,109 +143,6 @@ def run_child(cmd, env, what, log_dir):
 
 # --------------------------------------------------------------------------------------------
 # Machine and kernels
-
-
-def coretype_note(environ, argv):
-    """One line when OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set, else None."""
-    found = [f"{k}={environ[k]}" for k in CORETYPE_VARS if k in environ]
-    if not found:
-        return None
-    return (f"note: {' and '.join(found)} set in the environment: NumPy's OpenBLAS runs the "
-            f"kernels named there, not the ones it picks for this CPU; for the machine's own, "
-            f"run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/epoch_time.py"
-            + "".join(" " + shlex.quote(a) for a in argv))
-
-
-def probe_main(threads):
-    """Entry point of the probe child: prints the BLAS kernels NumPy and PyTorch run, as JSON."""
-    import re
-
-    import numpy
-
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        threadpool_info = None
-
-    def pools(skip=()):
-        if threadpool_info is None:
-            return [{"error": "threadpoolctl is not installed"}]
-        keys = ("user_api", "internal_api", "version", "architecture", "threading_layer",
-                "num_threads", "filepath")
-        return [{k: p.get(k) for k in keys} for p in threadpool_info()
-                if p["filepath"] not in skip]
-
-    numpy_pools = pools()
-    out = dict(numpy=numpy.__version__, numpy_pools=numpy_pools, torch=None)
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-        config = torch.__config__.show()
-        blas = re.search(r"BLAS_INFO=(\w+)", config)
-        out.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                   torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                   torch_blas=blas.group(1) if blas else None,
-                   torch_mkldnn=torch.backends.mkldnn.is_available(),
-                   torch_pools=pools({p.get("filepath") for p in numpy_pools}))
-    print(json.dumps(out))
-
-
-def probe_kernels(threads, env, log_dir):
-    proc = run_child([sys.executable, str(Path(__file__).resolve()), "--probe-kernels",
-                      "--threads", str(threads)], env, "kernel probe", log_dir)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def kernels_line(k):
-    """'numpy 2.4.0: openblas 0.3.31 SkylakeX, 2 threads; torch 2.13.0: mkl BLAS, AVX512, ...'."""
-    def pool_text(p):
-        if "error" in p:
-            return p["error"]
-        name = " ".join(str(p[k]) for k in ("internal_api", "version", "architecture") if p.get(k))
-        return f"{name}, {_threads(p['num_threads'])}"
-
-    np_text = "; ".join(pool_text(p) for p in k["numpy_pools"]) or "no BLAS found"
-    text = f"numpy {k['numpy']}: {np_text}"
-    if k.get("torch"):
-        th = "; ".join(pool_text(p) for p in k["torch_pools"])
-        text += (f" | torch {k['torch']}: {k['torch_blas'] or '?'} BLAS, "
-                 f"{k['torch_cpu_capability']} kernels"
-                 + (", oneDNN" if k["torch_mkldnn"] else "")
-                 + f", {_threads(k['torch_threads'])}" + (f" ({th})" if th else ""))
-    return text
-
-
-def _plural(n, word):
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def _threads(n):
-    return _plural(n, "thread")
-
-
-def usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def revision(root):
-    """`git describe` of the timed checkout (None outside git)."""
-    try:
-        proc = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
-                              capture_output=True, text=True)
-    except OSError:
-        return None
-    return proc.stdout.strip() or None
-
-
-def load_average():
-    try:
-        return list(os.getloadavg())
-    except OSError:
-        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,7 +176,7 @@ def model_label(settings):
 
 def run_benchmark(args, argv, log):
     check_inputs(args)
-    env = child_env(args.threads)
+    env = thread_env(args.threads)
     work = Path(tempfile.mkdtemp(prefix="minivae-epoch-time-"))
     report = dict(
         command="python benchmarks/epoch_time.py" + "".join(" " + shlex.quote(a) for a in argv),
@@ -305,7 +196,7 @@ def run_benchmark(args, argv, log):
             f"running, so the timings will be noisy")
     failed = False
     try:
-        report["kernels"] = probe_kernels(args.threads, env, work)
+        report["kernels"] = probe_kernels(args.threads, env)
         datasets = {torch_train.seed_settings(m)["dataset"] for m in args.models}
         for dataset in sorted(datasets):
             log(f"preparing {dataset} in {args.data_dir} ...")
@@ -451,12 +342,8 @@ def parse_args(argv):
     p.add_argument("--data-dir", type=lambda t: Path(t).resolve(),
                    default=torch_train.DEFAULT_DATA_DIR,
                    help="the data cache, reused between runs (default: %(default)s)")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print the whole report as JSON")
-    out.add_argument("--markdown", action="store_true",
-                     help="print the table for BENCHMARKS.md, with the command line")
+    output_arguments(p)
     p.add_argument("--keep", action="store_true", help="keep the run folders")
-    p.add_argument("--probe-kernels", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not args.mirror.startswith(("http://", "https://", "file://")):
         args.mirror = str(Path(args.mirror).resolve())
@@ -466,9 +353,6 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if args.probe_kernels:
-        probe_main(args.threads)
-        return 0
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     note = coretype_note(os.environ, argv)
     if note:
@@ -481,12 +365,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    if args.json:
-        print(json.dumps(report, indent=2))
-    elif args.markdown:
-        print(format_markdown(report))
-    else:
-        print(format_text(report))
+    emit(report, args, format_text, format_markdown)
     return 0
 
 

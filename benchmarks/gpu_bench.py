@@ -49,14 +49,14 @@ TORCH_DEVICE = "cuda"
 
 def seed_settings(model_name):
     """The seed's training settings for `model_name` (batch_size, lr, beta, weight_decay, ...)."""
-    from minivae.config import MODEL_DEFAULTS
-    return MODEL_DEFAULTS[model_name]
+    from minivae.models import MODELS as REGISTRY
+    return REGISTRY[model_name].defaults
 
 
 def step_flops(model_name, batch_size, model=None):
     """FLOPs of one training step's products for the seed model at `batch_size`."""
     if model is None:
-        from minivae.models import build_model
+        from minivae.tiers import build_model
         model = build_model(model_name)
     from minivae.bench import model_flops
     return model_flops(model, (batch_size,) + INPUT_SHAPE[model_name])["total"]
@@ -68,12 +68,11 @@ def step_flops(model_name, batch_size, model=None):
 
 def minivae_step(model_name, batch_size, impl, cupy):
     """(model, host batch, step function) for minivae on CuPy."""
-    from minivae.models import build_model
-    from minivae.optim import Adam
+    from minivae.tiers import build_model, make_adam
 
     cfg = seed_settings(model_name)
     model = build_model(model_name, seed=0, dtype=np.float32, backend=MINIVAE_BACKEND, impl=impl)
-    opt = Adam(model, lr=cfg["lr"])
+    opt = make_adam(model, lr=cfg["lr"])
     host_x = np.random.default_rng(1).random((batch_size,) + INPUT_SHAPE[model_name],
                                              dtype=np.float32)   # timing ignores pixel values
     x = cupy.asarray(host_x)
@@ -153,7 +152,7 @@ def bench_one(model_name, batch_size, args, cupy, torch, gemm):
     """One row: both libraries on one model and batch size, interleaved."""
     model, host_x, mv_step = minivae_step(model_name, batch_size, args.impl, cupy)
     flops = step_flops(model_name, batch_size, model)
-    row = dict(model=model_name, batch_size=batch_size, impl=model.impl, flops=flops,
+    row = dict(model=model_name, batch_size=batch_size, impl=__import__("minivae.tiers").tiers.tier_of(model), flops=flops,
                minivae=None, torch=None, ratio=None, block_ratios=None, torch_skipped=None)
     th_step = None
     if isinstance(torch, str):

@@ -24,7 +24,6 @@ writes to metrics.csv's `seconds` column. Prints one JSON line on stdout: the mo
 and mean training loss of every epoch, the threads PyTorch used, images and steps per epoch.
 """
 
-import argparse
 import json
 import sys
 import tempfile
@@ -36,15 +35,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness import BenchError, Parser, at_least  # noqa: E402
+
 DEFAULT_MIRROR = ROOT.parent / "shared" / "data"
 DEFAULT_DATA_DIR = Path(tempfile.gettempdir()) / "minivae-epoch-time-data"
 MODELS = ("mlp", "conv")
 SEED = 0                # minivae train's default --seed
 PROG = "torch_train"
-
-
-class BenchError(Exception):
-    """A problem the user can fix (no PyTorch, no data, ...); the message says what."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,11 +60,11 @@ def twin_builder():
 def seed_settings(model):
     """The seed's settings for `model` as `minivae train` uses them: dataset, batch_size, lr,
     beta, weight_decay, latent_dim, hidden_dim, and the batch layout pad, flatten, drop_last."""
-    from minivae.config import MODEL_DEFAULTS, layout
+    from minivae.models import MODELS as REGISTRY
 
-    settings = dict(MODEL_DEFAULTS[model], model=model)
-    settings["pad"], settings["flatten"], settings["drop_last"] = layout(settings)
-    return settings
+    spec = REGISTRY[model]
+    return dict(spec.defaults, model=model, pad=spec.pad, flatten=spec.flatten,
+                drop_last=spec.drop_last)
 
 
 def load_images(dataset, data_dir, mirror, limit=None, split="train"):
@@ -82,7 +79,7 @@ def load_images(dataset, data_dir, mirror, limit=None, split="train"):
 
 def build_minivae_model(settings, dtype=np.float32):
     """The minivae model `minivae train` starts from (same seed, so the same initial weights)."""
-    from minivae.models import build_model
+    from minivae.tiers import build_model
 
     return build_model(settings["model"], latent_dim=settings["latent_dim"],
                        hidden_dim=settings["hidden_dim"], seed=SEED, dtype=dtype,
@@ -172,26 +169,6 @@ def train(settings, images, epochs, log=None, test_images=None):
 
 # --------------------------------------------------------------------------------------------
 # Command line
-
-
-def at_least(low):
-    """An argparse type: an integer >= low."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
-        return value
-    return parse
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line, not the usage text."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_args(argv):

@@ -53,7 +53,7 @@ def torch_twin(model, device="cpu"):
 
     Returns an nn.Module whose forward(x, eps, beta, weight_decay) gives (loss, recon, kl, reg)
     as tensors, computed exactly as minivae's objective (see models.py): z = mu + eps * sigma with
-    log sigma = c * (scale head), c = model.LOG_SIGMA_PER_UNIT; recon = summed BCE-with-logits / N;
+    log sigma = c * (scale head), c = model.sigma_exponent; recon = summed BCE-with-logits / N;
     kl = sum (exp(v) + mu^2 - 1 - v) / 2 / N with v = log sigma^2; reg = lambda * sum p^2 over
     model.regularized.
     """
@@ -69,7 +69,7 @@ def torch_twin(model, device="cpu"):
             self.scale_name = model.scale_name
             setattr(self, model.scale_name, torch_module(model.scale))
             self.decoder = torch_module(model.decoder)
-            self.c = float(model.LOG_SIGMA_PER_UNIT)
+            self.c = float(model.sigma_exponent)
             self.regularized = [torch_name(k) for k in model.regularized]
 
         def forward(self, x, eps, beta=1.0, weight_decay=0.01):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import epoch_time, torch_train
+from benchmarks import epoch_time, harness, torch_train
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data"
@@ -86,21 +86,21 @@ def test_torch_command_runs_the_loop_script_with_the_thread_count():
 
 
 def test_child_env_sets_every_thread_count_and_passes_coretype_through():
-    env = epoch_time.child_env(3, {"PATH": "/bin", "OPENBLAS_CORETYPE": "Haswell",
+    env = harness.thread_env(3, {"PATH": "/bin", "OPENBLAS_CORETYPE": "Haswell",
                                    "OMP_NUM_THREADS": "8"})
     assert env == {"PATH": "/bin", "OPENBLAS_CORETYPE": "Haswell", "OMP_NUM_THREADS": "3",
                    "OPENBLAS_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
 
 
 def test_coretype_note_gives_the_command_without_the_variables():
-    assert epoch_time.coretype_note({"PATH": "/bin"}, ["--json"]) is None
-    note = epoch_time.coretype_note({"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1048576"},
+    assert harness.coretype_note({"PATH": "/bin"}, ["--json"]) is None
+    note = harness.coretype_note({"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1048576"},
                                     ["--models", "conv", "--json"])
     assert "\n" not in note
     assert "OPENBLAS_CORETYPE=Haswell and OPENBLAS_L2_SIZE=1048576" in note
     assert note.endswith("env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python "
                          "benchmarks/epoch_time.py --models conv --json")
-    note = epoch_time.coretype_note({"OPENBLAS_L2_SIZE": "1048576"}, [])
+    note = harness.coretype_note({"OPENBLAS_L2_SIZE": "1048576"}, [])
     assert "OPENBLAS_L2_SIZE=1048576 set" in note
 
 
