@@ -58,4 +58,4 @@ class Adam:
                 if tuple(src.shape) != tuple(a.shape):
                     raise ValueError(f"optimizer state {key}.{k}: shape {tuple(src.shape)}, "
                                      f"expected {tuple(a.shape)}")
-                means[k] = array_module(a).asarray(src, dtype=a.dtype)
+                a[...] = array_module(a).asarray(src, dtype=a.dtype)     # in place: views stay

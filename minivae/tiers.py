@@ -2,7 +2,7 @@
 
 The plain tier (layers.py, optim.py) is the engine as a learner reads it; the other tiers hold
 twins of some of its pieces that compute the same numbers faster on one backend (minivae/fast/
-on NumPy). This module is the one place that knows which tiers exist:
+on NumPy, minivae/gpu/ on CuPy). This module is the one place that knows which tiers exist:
 
     TIERS["fast"].layers.Conv2d      the fast tier's Conv2d
     TIERS["fast"].layers.Tanh        the plain Tanh: a tier without a twin of a layer uses the
@@ -10,17 +10,23 @@ on NumPy). This module is the one place that knows which tiers exist:
     build_model("conv", impl="fast") a seed model built from a tier's layer classes
     make_adam(model, lr=1e-3)        the Adam of the model's tier (optim.Adam on the plain tier)
 
-`resolve_impl` turns "auto" into a tier for a backend: fast on NumPy, plain on CuPy.
+`resolve_impl` turns "auto" into a tier for a backend: fast on NumPy; on CuPy the gpu tier, once
+it has passed a one-batch self-check on the device against the plain tier (else plain, with one
+line on stderr saying why).
 """
 
-from typing import NamedTuple
+import sys
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from minivae import layers, optim
-from minivae.backend import backend_name, get_backend
+from minivae.backend import backend_name, get_backend, to_host
 from minivae.fast import layers as fast_layers
 from minivae.fast import optim as fast_optim
+from minivae.gpu import layers as gpu_layers
+from minivae.gpu import models as gpu_models
+from minivae.gpu import optim as gpu_optim
 from minivae.models import MODELS
 
 
@@ -41,25 +47,77 @@ class LayerSet:
         return f"LayerSet({self.name!r})"
 
 
+def _same_class(cls):
+    return cls
+
+
 class Tier(NamedTuple):
     layers: object          # the layer classes (layers.py itself for the plain tier)
     adam: type              # the optimizer class, same arguments and state as optim.Adam
+    model_class: Callable = _same_class   # a registry model class -> the class this tier builds
 
 
 TIERS = {
     "plain": Tier(layers, optim.Adam),
     "fast": Tier(LayerSet("fast", fast_layers), fast_optim.Adam),
+    "gpu": Tier(LayerSet("gpu", gpu_layers), gpu_optim.Adam, gpu_models.flat_class),
 }
 IMPLS = ("auto",) + tuple(TIERS)
 
 
 def resolve_impl(impl, xp):
-    """The tier `impl` names on array module xp: auto is fast on NumPy, plain on CuPy."""
+    """The tier `impl` names on array module xp: auto is fast on NumPy; on CuPy, gpu when it
+    passes its self-check on this device (once per process), else plain."""
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
     if impl == "auto":
-        return "fast" if backend_name(xp) == "numpy" else "plain"
+        if backend_name(xp) == "numpy":
+            return "fast"
+        return "gpu" if gpu_self_check(xp) is None else "plain"
     return impl
+
+
+_SELF_CHECKS = {}          # array module -> None (passed) or why it failed
+
+
+def gpu_self_check(xp, tolerance=1e-3):
+    """None when the gpu tier computes what the plain tier computes on xp's device (each seed
+    model, narrowed, one batch of 4: the loss terms and every gradient, float32, to
+    `tolerance` relative to the gradient's largest value), else a line saying why; the answer
+    is kept for the process, and a failure is said once on stderr."""
+    if xp in _SELF_CHECKS:
+        return _SELF_CHECKS[xp]
+    why = None
+    try:
+        for name, spec in MODELS.items():
+            rng = np.random.default_rng(0)
+            x = xp.asarray(rng.random(spec.input_shape(4)).astype(np.float32))
+            noise = xp.asarray(rng.standard_normal((4, spec.defaults["latent_dim"]))
+                               .astype(np.float32))
+            results = []
+            for impl in ("plain", "gpu"):
+                model = build_model(name, hidden_dim=16, seed=0, backend=backend_name(xp),
+                                    impl=impl)
+                terms = model.loss_and_grads(x, noise=noise, beta=0.5, weight_decay=0.01)
+                results.append((terms, {k: to_host(g) for k, g in model.grads.items()}))
+            (t0, g0), (t1, g1) = results
+            if not np.allclose(t1, t0, rtol=tolerance):
+                why = f"{name}: loss terms {tuple(t1)} against {tuple(t0)}"
+                break
+            for k in g0:
+                err = float(np.abs(g1[k] - g0[k]).max()) / max(1e-12, float(np.abs(g0[k]).max()))
+                if not err <= tolerance:
+                    why = f"{name}: gradient {k} off by {err:.1e} relative"
+                    break
+            if why:
+                break
+    except Exception as e:                       # noqa: BLE001 - any failure means "don't"
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    if why is not None:
+        print(f"minivae: the gpu tier failed its self-check on this device ({why}); using the "
+              f"plain tier", file=sys.stderr, flush=True)
+    _SELF_CHECKS[xp] = why
+    return why
 
 
 def tier_of(model):
@@ -80,8 +138,8 @@ def build_model(name, *, latent_dim=None, hidden_dim=None, seed=0, dtype=np.floa
     tier = TIERS[resolve_impl(impl, get_backend(backend))]
     sizes = {k: v for k, v in (("latent_dim", latent_dim), ("hidden_dim", hidden_dim))
              if v is not None}
-    return MODELS[name].cls(seed=seed, dtype=dtype, backend=backend, layer_set=tier.layers,
-                            **sizes)
+    cls = tier.model_class(MODELS[name].cls)
+    return cls(seed=seed, dtype=dtype, backend=backend, layer_set=tier.layers, **sizes)
 
 
 def make_adam(model, lr=1e-3, **kwargs):

@@ -5,6 +5,11 @@ Training / CLI tests (issue 4):
                       written with write_idx; pass it with download=False (--no-download),
                       since synthetic files cannot match the real checksums.
   real_data_mirror    ../shared/data (a local mirror of the real files); skips when absent.
+
+The GPU path without a GPU:
+  standin             the CuPy stand-in (tests/standin) imported as `cupy` for one test and
+                      taken out again after it; skips where real CuPy is installed (there the
+                      GPU tests run instead). STANDIN_ENV puts it on a subprocess's path.
 """
 
 import shutil
@@ -16,6 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data"
+STANDIN = ROOT / "tests" / "standin"
 
 # The benchmark scripts (benchmarks/, not part of the installed package) are imported by their
 # tests, and the PyTorch twin in benchmarks/twin.py by the parity tests.
@@ -77,3 +83,40 @@ def real_data_mirror():
     if not (REAL_DATA / "fashion-mnist" / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"real FashionMNIST not found under {REAL_DATA}")
     return REAL_DATA
+
+
+def real_cupy_installed():
+    import importlib.util
+
+    spec = importlib.util.find_spec("cupy")
+    return spec is not None and not str(spec.origin).startswith(str(STANDIN))
+
+
+@pytest.fixture
+def standin():
+    """The CuPy stand-in as `cupy` (and `cupyx`) for the duration of one test."""
+    if real_cupy_installed():
+        pytest.skip("real CuPy is installed here: the stand-in is for machines without it")
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in
+             ("cupy", "cupyx")}
+    sys.path.insert(0, str(STANDIN))
+    try:
+        import cupy
+        assert cupy.__file__.startswith(str(STANDIN))
+        cupy.standin.reset()
+        yield cupy
+    finally:
+        sys.path.remove(str(STANDIN))
+        for k in [k for k in sys.modules if k.split(".")[0] in ("cupy", "cupyx")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def standin_env(environ=None):
+    """An environment whose Python finds the stand-in as `cupy` (for `minivae` subprocesses)."""
+    import os
+
+    env = dict(os.environ if environ is None else environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(STANDIN), str(ROOT)] + (
+        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env

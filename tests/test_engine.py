@@ -129,11 +129,11 @@ def test_l2_penalty():
 
 
 def small_mlp(impl, dtype=np.float64):
-    return MLPVAE(input_dim=6, hidden_dim=5, latent_dim=2, seed=0, dtype=dtype,
-                  layer_set=TIERS[impl].layers)
+    return TIERS[impl].model_class(MLPVAE)(input_dim=6, hidden_dim=5, latent_dim=2, seed=0,
+                                            dtype=dtype, layer_set=TIERS[impl].layers)
 
 
-@pytest.mark.parametrize("impl", ["plain", "fast"])
+@pytest.mark.parametrize("impl", list(TIERS))
 def test_adam_matches_the_reference_formula(impl):
     model = small_mlp(impl)
     x = np.random.default_rng(0).random((4, 6))
@@ -155,7 +155,7 @@ def test_adam_matches_the_reference_formula(impl):
         make_adam(model, lr=0)
 
 
-@pytest.mark.parametrize("impl", ["plain", "fast"])
+@pytest.mark.parametrize("impl", list(TIERS))
 def test_adam_restores_float32_training_state_exactly(impl):
     """A fresh optimizer loaded from state_dict continues on the same path, bit for bit, in
     training's dtype (the fast Adam converts its sums to the means and back in float64)."""
@@ -183,10 +183,11 @@ def test_adam_restores_float32_training_state_exactly(impl):
 
 def test_both_adams_save_one_state_and_load_each_other():
     """Whatever the tier, the state is optim.Adam's: t, the hyper-parameters, the means m.<name>
-    and v.<name>; the fast Adam updates them as the plain one does, so they are equal."""
+    and v.<name> (the fast Adam converts its running sums); the gpu Adam runs the plain one's
+    formulas in one kernel, so its means are the plain ones bit for bit."""
     x = np.random.default_rng(0).random((4, 6))
     opts, first = {}, {}
-    for impl in ("plain", "fast"):
+    for impl in TIERS:
         model = small_mlp(impl)
         opts[impl] = make_adam(model, lr=0.01)
         for step in range(2):
@@ -203,14 +204,14 @@ def test_both_adams_save_one_state_and_load_each_other():
         np.testing.assert_allclose(fs[f"m.{k}"], ps[f"m.{k}"], rtol=1e-12)
         np.testing.assert_allclose(fs[f"v.{k}"], ps[f"v.{k}"], rtol=1e-12)
     for k in first["plain"]:
-        assert first["plain"][k].tobytes() == first["fast"][k].tobytes(), k
+        assert first["plain"][k].tobytes() == first["gpu"][k].tobytes(), k
     into_plain = make_adam(plain.model, lr=0.5)
     into_plain.load_state_dict(fs)
     into_fast = make_adam(fast.model, lr=0.5)
     into_fast.load_state_dict(ps)
     for k in plain.m:
         np.testing.assert_allclose(into_plain.m[k], plain.m[k], rtol=1e-12)
-        np.testing.assert_allclose(into_fast.v[k], fast.v[k], rtol=1e-12)
+        np.testing.assert_allclose(into_fast.V[k], fast.V[k], rtol=1e-12)
     with pytest.raises(KeyError):
         into_plain.load_state_dict({k: v for k, v in fs.items() if k != "m.mu.W"})
 

@@ -3,6 +3,8 @@ geometry the gradient checks use (float64, equal to rounding); the plain convolu
 loops over every output pixel (tests/reference_conv.py); Adam's two forms over many steps and
 across checkpoints; whole models in both tiers."""
 
+import functools
+
 import numpy as np
 import pytest
 from reference_conv import conv_backward_naive, conv_forward_naive
@@ -11,6 +13,7 @@ from minivae import conv, gradcheck, layers
 from minivae.fast import conv as fast_conv
 from minivae.fast import layers as fast_layers
 from minivae.fast.conv import batch_first, batch_last
+from minivae.gpu import conv as gpu_conv
 from minivae.models import MODELS, ConvVAE
 from minivae.tiers import TIERS, tier_of
 
@@ -122,10 +125,11 @@ def test_fast_bias_grad_is_the_sum():
 # fast/layers.py against layers.py
 
 
-def run_both(make, x, seed=0):
-    """forward, backward (random dy) and grads of make(L) in each tier, through L.Sequential."""
+def run_tiers(make, x, seed=0, impl="fast"):
+    """forward, backward (random dy) and grads of make(L) in the plain tier and tier `impl`,
+    through L.Sequential."""
     out = []
-    for L in (layers, TIERS["fast"].layers):
+    for L in (layers, TIERS[impl].layers):
         layer = make(L)
         net = L.Sequential(layer)
         y = net.forward(x)
@@ -144,10 +148,12 @@ def assert_same(plain, fast):
         np.testing.assert_allclose(g1[k], g0[k], **CLOSE)
 
 
+@pytest.mark.parametrize("impl", ["fast", "gpu"])
 @pytest.mark.parametrize("kernel, s, p, hw, n", GEOMETRIES, ids=IDS)
-def test_fast_conv_layers_match_plain(kernel, s, p, hw, n):
+def test_conv_layers_of_every_tier_match_plain(kernel, s, p, hw, n, impl):
     x = np.random.default_rng(5).standard_normal((n, 3) + hw)
     kw = dict(dtype=np.float64, rng=6)
+    run_both = functools.partial(run_tiers, impl=impl)
     assert_same(*run_both(lambda L: L.Conv2d(3, 4, kernel, s, p, **kw), x))
     xt = np.random.default_rng(7).standard_normal((n, 4) + out_hw(kernel, s, p, hw))
     assert_same(*run_both(lambda L: L.ConvTranspose2d(4, 3, kernel, s, p, **kw), xt))
@@ -163,8 +169,12 @@ def test_fast_conv_layers_match_plain(kernel, s, p, hw, n):
                                                  L.ConvTranspose2d(4, 3, kernel, s, p, **kw)), z))
 
 
-def test_fast_relu_flatten_reshape_match_plain():
+@pytest.mark.parametrize("impl", ["fast", "gpu"])
+def test_activations_flatten_reshape_of_every_tier_match_plain(impl):
+    run_both = functools.partial(run_tiers, impl=impl)
     x = np.random.default_rng(9).standard_normal((3, 2, 5, 4))
+    for make in (lambda L: L.Tanh(), lambda L: L.Sigmoid()):
+        assert_same(*run_both(make, x))
     for make in (lambda L: L.ReLU(), lambda L: L.Flatten()):
         assert_same(*run_both(make, x))
     assert_same(*run_both(lambda L: L.Reshape(2, 5, 2, 2), x.reshape(3, -1)))
@@ -318,7 +328,8 @@ OTHER_TIERS = [name for name in TIERS if name != "plain"]
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_model_computes_the_same_in_every_tier(name, impl):
     cls, shape = MODELS[name].cls, MODELS[name].input_shape(3)
-    plain, fast = (cls(seed=2, dtype=np.float64, layer_set=TIERS[tier].layers)
+    plain, fast = (TIERS[tier].model_class(cls)(seed=2, dtype=np.float64,
+                                                 layer_set=TIERS[tier].layers)
                    for tier in ("plain", impl))
     assert tier_of(plain) == "plain" and tier_of(fast) == impl
     assert list(plain.params) == list(fast.params)
@@ -393,11 +404,13 @@ def test_a_new_plain_layer_works_in_every_tier_unregistered(monkeypatch, impl):
     """A layer added to layers.py only: every tier builds a model with it (its own Sequential,
     no layout conversion around it) and computes what the plain tier computes."""
     monkeypatch.setattr(layers, "LeakyReLU", LeakyReLU, raising=False)
-    models = [ConvVAE(seed=4, hidden_dim=16, channels=4, activation="LeakyReLU",
-                      dtype=np.float64, layer_set=TIERS[tier].layers) for tier in ("plain", impl)]
+    models = [TIERS[tier].model_class(ConvVAE)(
+        seed=4, hidden_dim=16, channels=4, activation="LeakyReLU", dtype=np.float64,
+        layer_set=TIERS[tier].layers) for tier in ("plain", impl)]
     tier_layers = TIERS[impl].layers
     assert tier_layers.LeakyReLU is LeakyReLU
-    assert sum(isinstance(s, LeakyReLU) for s in models[1].decoder.steps) == 5
+    steps = getattr(models[1].decoder, "steps", models[1].decoder.layers)
+    assert sum(isinstance(s, LeakyReLU) for s in steps) == 5
     assert conversions_around_elementwise(models[1].decoder) == []
     rng = np.random.default_rng(13)
     x, noise = rng.random((2, 1, 32, 32)), rng.standard_normal((2, 10))
@@ -429,10 +442,35 @@ def test_a_checkpoint_of_the_first_fast_tier_format_loads(tmp_path):
             arrays["optim/" + sums + k[8:]] = (arrays.pop(k) / scale).astype(np.float32)
     np.savez(path, **arrays)
     for tier in TIERS:
-        fresh = ConvVAE(seed=1, hidden_dim=16, channels=4, layer_set=TIERS[tier].layers)
+        fresh = TIERS[tier].model_class(ConvVAE)(seed=1, hidden_dim=16, channels=4,
+                                                 layer_set=TIERS[tier].layers)
         opt2 = TIERS[tier].adam(fresh, lr=1e-3)
         Checkpoint(path).restore(fresh, opt2)
         state = opt2.state_dict()
         for k, v in opt.state_dict().items():
             if k.startswith(("m.", "v.")):
                 np.testing.assert_allclose(state[k], v, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# gpu/conv.py against conv.py
+
+
+@pytest.mark.parametrize("kernel, s, p, hw, n", GEOMETRIES, ids=IDS)
+def test_gpu_conv_matches_plain(kernel, s, p, hw, n):
+    """im2col as one gather, col2im as one scatter-add, and the three functions built on them
+    compute conv.py's, NCHW as it is."""
+    (kh, kw) = kernel
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((n, 3) + hw)
+    K = rng.standard_normal((4, 3) + kernel)
+    dy = rng.standard_normal((n, 4) + out_hw(kernel, s, p, hw))
+    cols = gpu_conv.im2col(x, kh, kw, s, p)
+    np.testing.assert_array_equal(cols, conv.im2col(x, kh, kw, s, p))
+    np.testing.assert_allclose(gpu_conv.col2im(cols, x.shape, kh, kw, s, p),
+                               conv.col2im(cols, x.shape, kh, kw, s, p), **CLOSE)
+    np.testing.assert_allclose(gpu_conv.conv2d(x, K, s, p), conv.conv2d(x, K, s, p), **CLOSE)
+    np.testing.assert_allclose(gpu_conv.conv_transpose2d(dy, K, s, p, hw),
+                               conv.conv_transpose2d(dy, K, s, p, hw), **CLOSE)
+    np.testing.assert_allclose(gpu_conv.conv2d_weight_grad(cols, dy, K.shape),
+                               conv.conv2d_weight_grad(x, dy, kernel, s, p), **CLOSE)

@@ -1,0 +1,173 @@
+"""The gpu tier's fused elementwise kernels: each one CuPy kernel launch, plain NumPy on the CPU.
+
+Read minivae/layers.py, losses.py, models.py and optim.py first: every function here computes an
+expression written there, in the same operations and order, so the numbers agree (most of them
+bit for bit); what changes is that CuPy runs each function as one kernel (`cupy.fuse`, as in
+CuPy's user guide: a plain Python function of ufuncs and operators) instead of one kernel per
+operation. On NumPy arrays a fused function is the Python function itself, as cupy.fuse does.
+
+What a fused body may contain (CuPy's fusion, and the stand-in in tests/ checks it as it runs):
+operators, in-place operators on its arguments (`m *= b1` writes m), ufuncs such as exp, log1p,
+tanh, maximum, `where`, and reductions (`xp.sum`); no indexing, reshaping, host reads or
+allocation.
+"""
+
+from minivae.backend import array_module
+
+_KERNELS = {}          # (function, array module) -> its fused kernel
+
+
+def fused(fn):
+    """fn as one kernel where its arguments are CuPy arrays (cupy.fuse), fn itself on NumPy."""
+    def call(*args):
+        xp = next((array_module(a) for a in args if hasattr(a, "shape")), None)
+        if xp is None or xp.__name__ == "numpy":
+            return fn(*args)
+        kernel = _KERNELS.get((fn, xp))
+        if kernel is None:
+            kernel = _KERNELS[fn, xp] = xp.fuse(kernel_name=fn.__name__)(fn)
+        return kernel(*args)
+    call.__name__, call.__doc__, call.__wrapped__ = fn.__name__, fn.__doc__, fn
+    return call
+
+
+# --------------------------------------------------------------------------------------------
+# A layer's bias and its activation (layers.py: Dense.forward / the convolutions' forward, then
+# the activation's forward), and the activations' backward.
+
+
+@fused
+def bias_add(z, b):
+    """x @ W + b (or conv + b), given z = x @ W: the bias of a layer with no activation after."""
+    return z + b
+
+
+@fused
+def bias_relu(z, b):
+    """ReLU.forward(z + b): max(z + b, 0)."""
+    return array_module(z).maximum(z + b, 0)
+
+
+@fused
+def bias_tanh(z, b):
+    """Tanh.forward(z + b)."""
+    return array_module(z).tanh(z + b)
+
+
+@fused
+def bias_sigmoid(z, b):
+    """Sigmoid.forward(z + b): 0.5 (1 + tanh((z + b) / 2)), layers.sigmoid."""
+    return 0.5 * (1 + array_module(z).tanh(0.5 * (z + b)))
+
+
+@fused
+def relu_backward(dy, y):
+    """ReLU.backward: dy * (y > 0)."""
+    return dy * (y > 0)
+
+
+@fused
+def tanh_backward(dy, y):
+    """Tanh.backward: dy * (1 - y^2)."""
+    return dy * (1 - y * y)
+
+
+@fused
+def sigmoid_backward(dy, y):
+    """Sigmoid.backward: dy * y * (1 - y)."""
+    return dy * y * (1 - y)
+
+
+@fused
+def relu_backward_sum(dy1, dy2, y):
+    """ReLU.backward(dy1 + dy2): two layers read this ReLU's output (the encoder's two heads)."""
+    return (dy1 + dy2) * (y > 0)
+
+
+@fused
+def tanh_backward_sum(dy1, dy2, y):
+    """Tanh.backward(dy1 + dy2)."""
+    return (dy1 + dy2) * (1 - y * y)
+
+
+@fused
+def sigmoid_backward_sum(dy1, dy2, y):
+    """Sigmoid.backward(dy1 + dy2)."""
+    return (dy1 + dy2) * y * (1 - y)
+
+
+# --------------------------------------------------------------------------------------------
+# The objective (models.VAE._forward / loss_and_grads, losses.py)
+
+
+@fused
+def bce_with_logits_bias(z, b, x, n):
+    """The decoder's last bias, then losses.bce_with_logits and its gradient divided by the
+    batch size n: (logits, the elementwise BCE, d BCE / d logits / n)."""
+    xp = array_module(z)
+    logits = z + b
+    bce = xp.maximum(logits, 0) - logits * x + xp.log1p(xp.exp(-xp.abs(logits)))
+    return logits, bce, (0.5 * (1 + xp.tanh(0.5 * logits)) - x) / n
+
+
+@fused
+def heads_log_var(zmu, bmu, zs, bs, eps):
+    """The heads' biases, the reparametrisation and kl_log_var (seed 001: s = log sigma^2):
+    (mu, sigma, z, the elementwise KL, dKL/dmu, dKL/ds)."""
+    xp = array_module(zmu)
+    mu, s = zmu + bmu, zs + bs
+    sigma = xp.exp(0.5 * s)
+    var = xp.exp(s)
+    return mu, sigma, mu + eps * sigma, 0.5 * (var + mu * mu - 1 - s), mu, 0.5 * (var - 1)
+
+
+@fused
+def heads_log_sigma(zmu, bmu, zs, bs, eps):
+    """The same for kl_log_sigma (seed 000: s = log sigma)."""
+    xp = array_module(zmu)
+    mu, s = zmu + bmu, zs + bs
+    sigma = xp.exp(1.0 * s)
+    var = xp.exp(2 * s)
+    return mu, sigma, mu + eps * sigma, 0.5 * (var + mu * mu - 1 - 2 * s), mu, var - 1
+
+
+HEADS = {"log_var": heads_log_var, "log_sigma": heads_log_sigma}
+
+
+@fused
+def heads_backward(dz, eps, sigma, dmu_kl, dscale_kl, c, beta_n):
+    """VAE.loss_and_grads through the reparametrisation and the KL: (dmu, dscale)."""
+    return dz + beta_n * dmu_kl, dz * eps * (c * sigma) + beta_n * dscale_kl
+
+
+@fused
+def sum_all(a):
+    """a.sum(): one reduction."""
+    return array_module(a).sum(a)
+
+
+@fused
+def sum_of_squares(p):
+    """The L2 penalty's sum: sum p^2 over every penalised parameter at once (losses.l2_penalty)."""
+    return array_module(p).sum(p * p)
+
+
+@fused
+def add_l2_grad(g, p, two_lam):
+    """g += 2 lambda p: the penalty's gradient added to every penalised parameter's (in place)."""
+    g += two_lam * p
+
+
+# --------------------------------------------------------------------------------------------
+# Adam (optim.Adam.step) over every parameter at once, in place
+
+
+@fused
+def adam_step(p, g, m, v, b1, b2, bias1, bias2, lr, eps):
+    """m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+    p -= lr (m / bias1) / (sqrt(v / bias2) + eps), bias_i = 1 - b_i^t."""
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * g * g
+    p -= lr * (m / bias1) / (array_module(p).sqrt(v / bias2) + eps)

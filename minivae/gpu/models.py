@@ -1,0 +1,148 @@
+"""The VAE objective of the gpu tier: models.VAE's forward and backward in few launches, one
+host read a step, and every parameter and gradient in one flat buffer.
+
+Read minivae/models.py first: `FlatVAE` goes before a seed model's class (minivae.tiers builds
+`FlatVAE + ConvVAE` for the gpu tier) and carries out the same VAE.loss_and_grads, with
+  * the heads' biases, the reparametrisation and the KL term with its gradients in one fused
+    kernel (kernels.heads_*), and their backward in another;
+  * the decoder's last bias, the BCE and its gradient in one fused kernel;
+  * the L2 penalty over the flat buffer: its value one reduction per run of penalised
+    parameters (one for each seed model), its gradient one fused kernel;
+  * the loss terms reduced into one small device array and read to the host in one transfer,
+    the step's only device-to-host read;
+  * parameters and gradients living in two flat device buffers (the layers hold views), so
+    Adam (minivae/gpu/optim.py) is one kernel over all of them.
+"""
+
+from minivae.backend import to_host
+from minivae.gpu import kernels
+from minivae.gpu.layers import _Linear
+from minivae.losses import l2_penalty
+from minivae.models import LossTerms
+
+
+class FlatVAE:
+    """A mixin for models.VAE subclasses built from the gpu tier's layers (see the docstring)."""
+
+    def _finish(self, scale_name):
+        super()._finish(scale_name)
+        xp, total = self.xp, sum(p.size for p in self.params.values())
+        self.flat_params = xp.empty(total, dtype=self.dtype)
+        self.flat_grads = xp.zeros(total, dtype=self.dtype)
+        self.slots, start = {}, 0
+        for name, p in list(self.params.items()):
+            end = start + p.size
+            view = self.flat_params[start:end].reshape(p.shape)
+            view[...] = p
+            self.params[name] = view
+            self.grads[name] = self.flat_grads[start:end].reshape(p.shape)
+            self.slots[name], start = (start, end), end
+        self._views = {name: self.params[name] for name in self.params}
+        self._terms = xp.zeros(3, dtype=self.dtype)        # sum BCE, sum KL, sum p^2
+        self._term_views = [self._terms[i:i + 1].reshape(()) for i in range(3)]
+        self.decoder.defer_last_bias = isinstance(self.decoder.layers[-1], _Linear)
+
+    def _linked(self):
+        """True while every parameter is still its view of the flat buffer (a gradient check
+        swaps them for copies of another dtype for a while)."""
+        return all(self.params[k] is v for k, v in self._views.items())
+
+    def _penalised_runs(self):
+        """[(start, end)] of the flat buffer covering the penalised parameters, merged."""
+        runs = []
+        for start, end in sorted(self.slots[name] for name in self.regularized):
+            if runs and runs[-1][1] == start:
+                runs[-1] = (runs[-1][0], end)
+            else:
+                runs.append((start, end))
+        return runs
+
+    def _last_bias(self):
+        last = self.decoder.layers[-1]
+        return last.bias_shaped() if self.decoder.defer_last_bias else 0
+
+    def decode(self, z):
+        """z -> Bernoulli logits, as models.VAE.decode (the deferred bias added)."""
+        return kernels.bias_add(self.decoder.forward(z), self._last_bias())
+
+    # ---- the objective
+
+    def loss(self, x, noise=None, beta=1.0, weight_decay=0.01):
+        return self._forward(x, noise, beta, weight_decay)[0]
+
+    def loss_and_grads(self, x, noise=None, beta=1.0, weight_decay=0.01, input_grad=False):
+        """models.VAE.loss_and_grads, the same numbers (see the module docstring)."""
+        terms, (logits, eps, sigma, dlogits, dmu_kl, dscale_kl) = self._forward(
+            x, noise, beta, weight_decay)
+        n = x.shape[0]
+        dz = self.decoder.backward(dlogits)                     # dlogits is already / n
+        dmu, dscale = kernels.heads_backward(dz, eps, sigma, dmu_kl, dscale_kl,
+                                             self.sigma_exponent, beta / n)
+        dh_mu, dh_scale = self.mu.backward(dmu), self.scale.backward(dscale)
+        self.encoder.skip_input_grad = not input_grad
+        dx = self.encoder.backward_from(dh_mu, dh_scale)        # the two heads' sum, fused
+        if input_grad:
+            self.input_grad = dx - logits / n
+        self._penalty_grads(weight_decay)
+        return terms
+
+    def _forward(self, x, noise, beta, weight_decay):
+        xp, n = self.xp, x.shape[0]
+        h = self.encoder.forward(x)
+        zmu, zs = self.mu.forward_linear(h), self.scale.forward_linear(h)
+        eps = self.draw_noise(n) if noise is None else xp.asarray(noise, dtype=zmu.dtype)
+        mu, sigma, z, kl, dmu_kl, dscale_kl = kernels.HEADS[self.scale_name](
+            zmu, self.mu.params["b"], zs, self.scale.params["b"], eps)
+        logits, bce, dlogits = kernels.bce_with_logits_bias(self.decoder.forward(z),
+                                                            self._last_bias(), x, n)
+        bce_sum, kl_sum, _ = self._term_views
+        bce.sum(out=bce_sum)
+        kl.sum(out=kl_sum)
+        penalty = self._penalty_value(weight_decay)
+        host = to_host(self._terms)                                   # the one read
+        recon, kl_value = float(host[0]) / n, float(host[1]) / n
+        reg = weight_decay * float(host[2]) if penalty is None else penalty
+        terms = LossTerms(recon + beta * kl_value + reg, recon, kl_value, reg)
+        return terms, (logits, eps, sigma, dlogits, dmu_kl, dscale_kl)
+
+    # ---- the L2 penalty over the flat buffer
+
+    def _penalty_value(self, weight_decay):
+        """Writes sum p^2 into the third term and returns None; or, with the flat buffer unlinked
+        (gradient checks), the penalty computed per parameter as losses.l2_penalty does."""
+        if not self._linked():
+            return l2_penalty({k: self.params[k] for k in self.regularized}, weight_decay)[0]
+        if weight_decay == 0:
+            return 0.0
+        runs = self._penalised_runs()
+        if len(runs) == 1:
+            a, b = runs[0]
+            p = self.flat_params[a:b]
+            self.xp.dot(p, p, out=self._term_views[2])
+        else:
+            self._term_views[2][...] = sum(kernels.sum_of_squares(self.flat_params[a:b])
+                                           for a, b in runs)
+        return None
+
+    def _penalty_grads(self, weight_decay):
+        """Adds 2 lambda p to the penalised parameters' gradients."""
+        if weight_decay == 0:
+            return
+        if not self._linked():
+            for name, g in l2_penalty({k: self.params[k] for k in self.regularized},
+                                      weight_decay)[1].items():
+                self.grads[name] += g
+            return
+        for a, b in self._penalised_runs():
+            kernels.add_l2_grad(self.flat_grads[a:b], self.flat_params[a:b], 2 * weight_decay)
+
+
+def flat_class(cls):
+    """The gpu tier's class of model class cls: FlatVAE before it (made once per class)."""
+    made = _CLASSES.get(cls)
+    if made is None:
+        made = _CLASSES[cls] = type(cls.__name__, (FlatVAE, cls), {"__module__": __name__})
+    return made
+
+
+_CLASSES = {}

@@ -1,0 +1,562 @@
+"""A CuPy stand-in on the CPU: NumPy arrays behind CuPy's rules, with counters.
+
+Put tests/standin first on sys.path (PYTHONPATH for a subprocess) where real CuPy is absent, and
+`--backend cupy` runs the whole program on the CPU under the rules a GPU imposes:
+
+* no implicit conversion to NumPy: np.asarray(x), np.array(x), np.savez(..., x=x), matplotlib and
+  Pillow given a device array raise TypeError (`__array__` refuses, as CuPy's does; no buffer);
+* no mixing: an operator or a cupy function given a numpy.ndarray raises TypeError; Python and
+  NumPy scalars are fine;
+* reductions and integer indexing give 0-d device arrays, not host scalars;
+* explicit transfers only: cupy.asarray / cupy.array up; .get(), cupy.asnumpy, float(), int(),
+  bool(), .item(), .tolist() and formatting down;
+* `cupy.fuse`: a fused function's body may use only what CuPy can fuse (elementwise ufuncs,
+  arithmetic, comparisons, `where`, and whole-array reductions), checked as it runs;
+* the rest the program touches: cupy.cuda.runtime.getDeviceCount(), events, synchronize, the
+  memory pool, cupyx.scatter_add, cupy.lib.stride_tricks.as_strided.
+
+`cupy.standin` counts kernel launches (every operation that makes or writes numbers: not a view,
+not an `empty`; a fused call counts one), device-to-host reads and host-to-device uploads:
+
+    cupy.standin.reset(); step(); cupy.standin.launches, cupy.standin.reads, cupy.standin.uploads
+"""
+
+import builtins as _builtins
+
+import numpy as _np
+
+__version__ = "13.0.0+standin"
+
+
+class _Counters:
+    """Kernel launches, device-to-host reads and host-to-device uploads since reset()."""
+
+    def __init__(self):
+        self.reset()
+        self.fusing = 0          # > 0 while a fused function's body runs
+        self.log = None          # a list to append (kind, what) to, when tracing
+
+    def reset(self):
+        self.launches = self.reads = self.uploads = 0
+
+    def counts(self):
+        return {"launches": self.launches, "reads": self.reads, "uploads": self.uploads}
+
+    def launch(self, what):
+        if not self.fusing:
+            self.launches += 1
+            if self.log is not None:
+                self.log.append(("launch", what))
+
+    def read(self, what):
+        if self.fusing:
+            raise TypeError(f"a fused function cannot read a value to the host ({what})")
+        self.reads += 1
+        if self.log is not None:
+            self.log.append(("read", what))
+
+    def upload(self, what):
+        self.uploads += 1
+        if self.log is not None:
+            self.log.append(("upload", what))
+
+
+standin = _Counters()
+
+
+def _mixing(value):
+    if isinstance(value, _np.ndarray):
+        raise TypeError("Unsupported type <class 'numpy.ndarray'>: a cupy operation was given a "
+                        "NumPy array (move it with cupy.asarray first)")
+
+
+def _unwrap(value):
+    """The NumPy array behind a device array; scalars and other values as they are."""
+    if isinstance(value, ndarray):
+        return value._a
+    _mixing(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unwrap(v) for v in value)
+    return value
+
+
+def _wrap(value):
+    if isinstance(value, _np.ndarray):
+        return ndarray(value)
+    if isinstance(value, _np.generic):             # reductions give 0-d device arrays
+        return ndarray(_np.asarray(value))
+    if isinstance(value, tuple):
+        return tuple(_wrap(v) for v in value)
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
+def _is_view(result, inputs):
+    """True when result shares memory with an input array (a view: no kernel)."""
+    if not isinstance(result, _np.ndarray):
+        return False
+    return _builtins.any(isinstance(a, _np.ndarray) and _np.shares_memory(result, a)
+                         for a in inputs)
+
+
+def _flat_arrays(values):
+    for v in values:
+        if isinstance(v, _np.ndarray):
+            yield v
+        elif isinstance(v, (list, tuple)):
+            yield from _flat_arrays(v)
+
+
+def _apply(fn, name, args, kwargs, views=False):
+    """Run NumPy's fn on unwrapped arguments, count a launch unless it made a view, wrap."""
+    a = _unwrap(args)
+    k = {key: _unwrap(v) for key, v in kwargs.items()}
+    result = fn(*a, **k)
+    inputs = list(_flat_arrays(a)) + list(_flat_arrays(k.values()))
+    if not (views and _is_view(result, inputs)):
+        standin.launch(name)
+    return _wrap(result)
+
+
+# --------------------------------------------------------------------------------------------
+# The device array
+
+
+class ndarray:
+    """A device array: a NumPy array that only crosses to the host when asked."""
+
+    __array_ufunc__ = None            # NumPy's operators hand a device array back to us
+    __array_priority__ = 100
+
+    def __init__(self, array):
+        self._a = array
+
+    # -- what CuPy refuses
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use "
+                        "`.get()` to construct a NumPy array explicitly.")
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    # -- transfers to the host
+    def get(self, stream=None, out=None):
+        standin.read("get")
+        return self._a.copy()
+
+    def item(self):
+        standin.read("item")
+        return self._a.item()
+
+    def tolist(self):
+        standin.read("tolist")
+        return self._a.tolist()
+
+    def __float__(self):
+        standin.read("float")
+        return float(self._a)
+
+    def __int__(self):
+        standin.read("int")
+        return int(self._a)
+
+    def __bool__(self):
+        standin.read("bool")
+        return bool(self._a)
+
+    def __format__(self, spec):
+        standin.read("format")
+        return format(self._a.item() if self._a.ndim == 0 else self._a, spec)
+
+    def __repr__(self):
+        return f"array({_np.array2string(self._a, separator=', ')}, device=standin)"
+
+    __str__ = __repr__
+
+    # -- attributes that stay on the host side (metadata)
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    strides = property(lambda self: self._a.strides)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: ndarray(self._a.T))
+    device = property(lambda self: cuda.Device(0))
+
+    def __len__(self):
+        return len(self._a)
+
+    # -- indexing
+    def __getitem__(self, key):
+        return _apply(lambda a, k: a[k], "getitem", (self, key), {}, views=True)
+
+    def __setitem__(self, key, value):
+        if isinstance(value, _np.ndarray):
+            _mixing(value)
+        self._a[_unwrap(key)] = _unwrap(value)
+        standin.launch("setitem")
+
+    # -- methods
+    def reshape(self, *shape, order="C"):
+        return _apply(lambda a: a.reshape(*shape, order=order), "reshape", (self,), {}, True)
+
+    def transpose(self, *axes):
+        return ndarray(self._a.transpose(*axes))
+
+    def swapaxes(self, a1, a2):
+        return ndarray(self._a.swapaxes(a1, a2))
+
+    def ravel(self, order="C"):
+        return _apply(lambda a: a.ravel(order), "ravel", (self,), {}, True)
+
+    def view(self, *args):
+        return ndarray(self._a.view(*args))
+
+    def copy(self, order="C"):
+        return _apply(lambda a: a.copy(order), "copy", (self,), {})
+
+    def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        if not copy and _np.dtype(dtype) == self._a.dtype:
+            return self
+        return _apply(lambda a: a.astype(dtype, order=order), "astype", (self,), {})
+
+    def fill(self, value):
+        self._a.fill(_unwrap(value))
+        standin.launch("fill")
+
+    def flatten(self):
+        return _apply(lambda a: a.flatten(), "flatten", (self,), {})
+
+    def squeeze(self, axis=None):
+        return ndarray(self._a.squeeze(axis))
+
+    def dot(self, other, out=None):
+        return dot(self, other, out=out)
+
+    def __matmul__(self, other):
+        return matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return matmul(other, self)
+
+
+def _method(name):
+    def method(self, *args, **kwargs):
+        return _apply(getattr(_np.ndarray, name), name, (self,) + args, kwargs)
+    method.__name__ = name
+    return method
+
+
+for _name in ("sum", "mean", "max", "min", "prod", "var", "std", "all", "any", "argmax",
+              "argmin", "cumsum", "clip", "round", "take", "conj", "nonzero", "sort", "argsort"):
+    setattr(ndarray, _name, _method(_name))
+
+
+def _operator(op, name):
+    def method(self, other):
+        return _apply(op, name, (self, other), {})
+    method.__name__ = name
+    return method
+
+
+def _inplace(op, name):
+    def method(self, other):
+        op(self._a, _unwrap(other), out=self._a)
+        standin.launch(name)
+        return self
+    method.__name__ = name
+    return method
+
+
+_BINARY = {"add": _np.add, "sub": _np.subtract, "mul": _np.multiply, "truediv": _np.true_divide,
+           "floordiv": _np.floor_divide, "mod": _np.remainder, "pow": _np.power,
+           "and": _np.bitwise_and, "or": _np.bitwise_or, "xor": _np.bitwise_xor}
+for _name, _op in _BINARY.items():
+    setattr(ndarray, f"__{_name}__", _operator(_op, _name))
+    setattr(ndarray, f"__r{_name}__", _operator(lambda a, b, op=_op: op(b, a), "r" + _name))
+    setattr(ndarray, f"__i{_name}__", _inplace(_op, "i" + _name))
+for _name, _op in {"lt": _np.less, "le": _np.less_equal, "gt": _np.greater,
+                   "ge": _np.greater_equal, "eq": _np.equal, "ne": _np.not_equal}.items():
+    setattr(ndarray, f"__{_name}__", _operator(_op, _name))
+ndarray.__hash__ = None
+for _name, _op in {"neg": _np.negative, "pos": _np.positive, "abs": _np.absolute,
+                   "invert": _np.invert}.items():
+    setattr(ndarray, f"__{_name}__",
+            (lambda op, name: lambda self: _apply(op, name, (self,), {}))(_op, _name))
+
+
+# --------------------------------------------------------------------------------------------
+# The module's functions: NumPy's, under the rules above. Only names real CuPy has.
+
+# Functions whose result may be a view of their input (no kernel when it is).
+_VIEW_FUNCTIONS = {"reshape", "transpose", "moveaxis", "swapaxes", "broadcast_to", "ravel",
+                   "squeeze", "expand_dims", "atleast_1d", "atleast_2d", "split", "real"}
+_FUNCTIONS = {
+    # elementwise (ufuncs: fusable)
+    "abs", "absolute", "add", "subtract", "multiply", "divide", "true_divide", "floor_divide",
+    "negative", "power", "square", "sqrt", "exp", "expm1", "log", "log1p", "log2", "log10",
+    "tanh", "sinh", "cosh", "sin", "cos", "maximum", "minimum", "fmax", "fmin", "sign",
+    "greater", "greater_equal", "less", "less_equal", "equal", "not_equal", "logical_and",
+    "logical_or", "logical_not", "isfinite", "isnan", "isinf", "floor", "ceil", "rint",
+    "logaddexp", "reciprocal", "clip", "where", "fabs", "copysign", "heaviside",
+    # reductions and the rest
+    "sum", "mean", "var", "std", "prod", "amax", "amin", "max", "min", "all", "any", "argmax",
+    "argmin", "cumsum", "dot", "vdot", "matmul", "tensordot", "einsum", "outer", "inner",
+    "concatenate", "stack", "hstack", "vstack", "repeat", "tile", "pad", "take",
+    "ascontiguousarray", "copy", "flip", "sort", "argsort", "allclose", "isclose",
+    "array_equal", "count_nonzero", "diff", "linspace", "nonzero", "flatnonzero", "round",
+    "around", "trace", "diag", "tril", "triu", "searchsorted", "unique", "bincount",
+} | _VIEW_FUNCTIONS
+_UFUNCS = {n for n in _FUNCTIONS if isinstance(getattr(_np, n, None), _np.ufunc)} | {"where",
+                                                                                      "clip"}
+_FUSABLE_REDUCTIONS = {"sum", "prod", "amax", "amin", "max", "min"}
+
+
+def _function(name):
+    fn = getattr(_np, name)
+
+    def call(*args, **kwargs):
+        return _apply(fn, name, args, kwargs, views=name in _VIEW_FUNCTIONS)
+    call.__name__ = name
+    return call
+
+
+for _name in _FUNCTIONS:
+    globals()[_name] = _function(_name)
+
+# dtypes and constants are the same objects as NumPy's (CuPy uses NumPy's dtypes)
+for _name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+              "uint16", "uint32", "uint64", "bool_", "complex64", "complex128", "dtype",
+              "result_type", "promote_types", "can_cast", "finfo", "iinfo", "pi", "e", "inf",
+              "nan", "newaxis", "float_", "intp", "integer", "floating", "number", "isscalar",
+              "ndim", "shape", "size"):
+    if hasattr(_np, _name):
+        globals()[_name] = getattr(_np, _name)
+
+
+def asarray(a, dtype=None, order=None):
+    """A device array of a: an upload from the host, or a (converted) device array."""
+    if isinstance(a, ndarray):
+        return a if dtype is None or _np.dtype(dtype) == a.dtype else a.astype(dtype)
+    if isinstance(a, (list, tuple)) and _builtins.any(isinstance(v, ndarray) for v in a):
+        return stack(a) if dtype is None else stack(a).astype(dtype)
+    standin.upload("asarray")
+    return ndarray(_np.array(a, dtype=dtype, order=order or "K"))
+
+
+def array(a, dtype=None, copy=True, order="K", ndmin=0):
+    if isinstance(a, ndarray):
+        out = a.astype(dtype or a.dtype) if copy else asarray(a, dtype)
+        return out
+    standin.upload("array")
+    return ndarray(_np.array(a, dtype=dtype, order=order, ndmin=ndmin))
+
+
+def asnumpy(a, stream=None):
+    if isinstance(a, ndarray):
+        return a.get()
+    return _np.asarray(a)
+
+
+def get_array_module(*args):
+    import sys
+    return sys.modules[__name__] if _builtins.any(isinstance(a, ndarray) for a in args) else _np
+
+
+def empty(shape, dtype=float, order="C"):
+    return ndarray(_np.empty(shape, dtype=dtype, order=order))     # no kernel: memory only
+
+
+def empty_like(a, dtype=None):
+    return ndarray(_np.empty_like(_unwrap(a), dtype=dtype))
+
+
+def _filled(make):
+    def create(*args, **kwargs):
+        standin.launch(make.__name__)
+        return ndarray(make(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+    create.__name__ = make.__name__
+    return create
+
+
+zeros, ones, full, zeros_like, ones_like, full_like, arange, eye, identity = (
+    _filled(f) for f in (_np.zeros, _np.ones, _np.full, _np.zeros_like, _np.ones_like,
+                         _np.full_like, _np.arange, _np.eye, _np.identity))
+
+
+# --------------------------------------------------------------------------------------------
+# cupy.fuse: one kernel for a Python function of elementwise operations
+
+
+class _FusionError(TypeError):
+    pass
+
+
+def fuse(*args, **kwargs):
+    """@cupy.fuse() (or @cupy.fuse): the decorated function runs as one kernel.
+
+    Its body may use operators (in-place ones too: `x += y` writes x), the ufuncs, `where`,
+    astype, copy, and reductions (sum, prod, max, min, all, any; as cupy functions or methods),
+    as CuPy's fusion tests exercise them; nothing that reads to the host, indexes, reshapes or
+    allocates. The stand-in runs the body with NumPy, counts one launch, and raises TypeError
+    for anything else it tries."""
+    def decorate(fn):
+        def fused(*call_args, **call_kwargs):
+            for a in list(call_args) + list(call_kwargs.values()):
+                _mixing(a)
+            standin.launch(f"fuse:{fn.__name__}")
+            standin.fusing += 1
+            try:
+                return fn(*call_args, **call_kwargs)
+            finally:
+                standin.fusing -= 1
+        fused.__name__ = fn.__name__
+        fused.__doc__ = fn.__doc__
+        fused.__wrapped__ = fn
+        fused._standin_fused = True
+        return fused
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return decorate(args[0])
+    return decorate
+
+
+def _guard_fusion(name):
+    """Inside a fused body, only fusable functions may be called."""
+    fn = globals()[name]
+    if name in _UFUNCS or name in _FUSABLE_REDUCTIONS:
+        return
+    def guarded(*args, **kwargs):
+        if standin.fusing:
+            raise _FusionError(f"cupy.{name} cannot be used inside a fused function")
+        return fn(*args, **kwargs)
+    guarded.__name__ = name
+    globals()[name] = guarded
+
+
+for _name in sorted(_FUNCTIONS | {"asarray", "array", "empty", "zeros", "ones", "full",
+                                  "arange", "empty_like", "zeros_like", "ones_like"}):
+    _guard_fusion(_name)
+
+
+def _guard_method(name):
+    method = getattr(ndarray, name)
+
+    def guarded(self, *args, **kwargs):
+        if standin.fusing:
+            raise _FusionError(f"ndarray.{name} cannot be used inside a fused function")
+        return method(self, *args, **kwargs)
+    guarded.__name__ = name
+    setattr(ndarray, name, guarded)
+
+
+for _name in ("__getitem__", "__setitem__", "reshape", "transpose", "ravel", "fill", "flatten",
+              "dot", "__matmul__", "__rmatmul__", "take", "sort", "argsort", "cumsum", "nonzero",
+              "var", "std", "mean", "argmax", "argmin", "clip", "round", "get", "item",
+              "tolist"):
+    _guard_method(_name)
+
+
+# --------------------------------------------------------------------------------------------
+# cupy.lib.stride_tricks, cupy.cuda, the memory pool
+
+
+class _Namespace:
+    def __init__(self, **entries):
+        self.__dict__.update(entries)
+
+
+def _as_strided(x, shape=None, strides=None):
+    if not isinstance(x, ndarray):
+        _mixing(x)
+        raise TypeError("as_strided takes a cupy.ndarray")
+    return ndarray(_np.lib.stride_tricks.as_strided(x._a, shape=shape, strides=strides))
+
+
+lib = _Namespace(stride_tricks=_Namespace(as_strided=_as_strided))
+linalg = _Namespace(norm=lambda x, *a, **k: _apply(_np.linalg.norm, "norm", (x,) + a, k))
+
+
+class _Event:
+    def __init__(self, *args, **kwargs):
+        self.time = None
+
+    def record(self, stream=None):
+        import time
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def _get_elapsed_time(start, end):
+    return (end.time - start.time) * 1e3
+
+
+class _Device:
+    def __init__(self, device=0):
+        self.id = device
+        self.compute_capability = "90"
+
+    def synchronize(self):
+        pass
+
+    def use(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _MemoryPool:
+    def used_bytes(self):
+        return 0
+
+    def total_bytes(self):
+        return 0
+
+    def free_all_blocks(self):
+        pass
+
+
+_pool = _MemoryPool()
+
+
+def get_default_memory_pool():
+    return _pool
+
+
+def get_default_pinned_memory_pool():
+    return _pool
+
+
+class _Stream:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_Stream.null = _Stream()
+
+cuda = _Namespace(
+    runtime=_Namespace(getDeviceCount=lambda: 1, runtimeGetVersion=lambda: 12040,
+                       driverGetVersion=lambda: 12040,
+                       getDeviceProperties=lambda i: {"name": b"CuPy stand-in (CPU)",
+                                                      "totalGlobalMem": 0},
+                       CUDARuntimeError=RuntimeError),
+    Event=_Event, get_elapsed_time=_get_elapsed_time, Device=_Device, Stream=_Stream,
+    get_current_stream=lambda: _Stream.null, MemoryPool=_MemoryPool)
