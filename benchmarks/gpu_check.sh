@@ -181,14 +181,15 @@ step pytest-cupy 150 "$PY -m pytest -q -rs -k cupy -p no:cacheprovider \
 for run in mlp:mnist conv:fashion-mnist; do
     model=${run%%:*} dataset=${run#*:}
     dir=$RUNS/$model-$dataset
+    # --impl auto: the gpu tier once it passes its self-check (the log says if it did not)
     step train-$model 120 "$MV train --model $model --dataset $dataset --backend cupy --epochs 1 \
 --mirror gpu-data --data-dir $DATA --out $dir" gpu-data
     step plot-$model 60 "$MV plot $dir" train-$model
     # 20 importance samples, not the default 100: the check has minutes, not hours
     step evaluate-$model 90 "$MV evaluate $dir --iw-samples 20" train-$model
 done
-step gpu-bench 150 "$PY benchmarks/gpu_bench.py --json $WORK/gpu_bench.json"
-for impl in plain fast; do
+step gpu-bench 150 "$PY benchmarks/gpu_bench.py --save $WORK/gpu_bench.json"
+for impl in plain gpu; do
     for dtype in float64 float32; do
         step gradcheck-$impl-$dtype 90 "$MV gradcheck --backend cupy --impl $impl --dtype $dtype"
     done

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 
-from minivae import __version__, bench, files, gradcheck, statcheck
+from minivae import __version__, bench, files, gradcheck, signals, statcheck
 from minivae.flags import (backend_arg, data_args, impl_arg, no_download_arg, non_negative_float,
                            non_negative_int, positive_float, positive_int, saved_run_args)
 from minivae.backend import BackendError
@@ -318,22 +318,9 @@ def _resume_hint(args, when=""):
     return f"; {when}`minivae train --resume --out {run}` continues after epoch {found[-1][0]}"
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what a job scheduler sends), raised where the program is, so that it unwinds
-    and cleans up exactly as Ctrl-C does."""
-
-
-def _on_sigterm(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)     # a second SIGTERM ends the process at once
-    raise Terminated()
-
-
 def main(argv=None):
     """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:            # not the main thread: leave signals alone
-        previous = None
+    restore_signals = signals.install()
     try:
         status = _main(argv)
         sys.stdout.flush()        # a closed pipe shows here, not as a warning at exit
@@ -342,8 +329,7 @@ def main(argv=None):
         silence_stdout()
         return 128 + signal.SIGPIPE
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        restore_signals()
 
 
 def _main(argv):
@@ -359,7 +345,7 @@ def _main(argv):
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
         files.remove_live()
-        terminated = isinstance(e, Terminated)
+        terminated = isinstance(e, signals.Terminated)
         _err(f"{PROG}: interrupted{' (SIGTERM)' if terminated else ''}{_resume_hint(args)}")
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except BrokenPipeError:

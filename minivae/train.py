@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from minivae import data, plots
+from minivae import data, plots, signals
 from minivae.backend import to_host
 from minivae.checkpoint import save_checkpoint
 from minivae.config import check_config
@@ -265,6 +265,7 @@ def _train_epoch(run, epoch):
                                dtype=model.dtype, rng=run.data_rng, shuffle=True,
                                drop_last=spec.drop_last, pad=spec.pad, flatten=spec.flatten)
         for step, (x, _) in enumerate(batches, 1):
+            signals.check()                   # a Ctrl-C or SIGTERM that something swallowed
             beta = kl_weight(cfg, run.step)
             with np.errstate(all="ignore"):   # overflow is caught below, as a non-finite loss
                 terms = model.loss_and_grads(x, beta=beta, weight_decay=cfg.weight_decay)

@@ -265,3 +265,86 @@ def test_the_engine_uses_only_what_cupy_has():
     assert {("exp",), ("tanh",), ("asarray",)} <= reached, sorted(reached)
     problems = surface_problems(uses, cupy, cupy.ndarray)
     assert not problems, "CuPy lacks what the engine uses:\n" + "\n".join(problems)
+
+
+# --------------------------------------------------------------------------------------------
+# The bodies of the gpu tier's fused kernels: only what cupy.fuse can fuse (runs everywhere)
+
+KERNELS = PACKAGE / "gpu" / "kernels.py"
+FUSABLE_REDUCTIONS = {"sum", "prod", "amax", "amin", "max", "min", "all", "any"}
+FUSABLE_OTHERS = {"where"}
+
+
+def fusable(name):
+    """A name cupy.fuse takes inside a body: an elementwise ufunc (NumPy's and, where it
+    imports, CuPy's), `where`, or a reduction."""
+    if name in FUSABLE_REDUCTIONS | FUSABLE_OTHERS:
+        return True
+    ufunc = getattr(np, name, None)
+    if not isinstance(ufunc, np.ufunc) or ufunc.signature is not None:   # matmul: a gufunc
+        return False
+    try:
+        import cupy
+    except ImportError:
+        return True
+    return isinstance(getattr(cupy, name, None), getattr(cupy, "ufunc", type(None)))
+
+
+def fused_body_problems(source, filename="<string>"):
+    """What a function decorated with @fused does that cupy.fuse cannot: statements other
+    than assignments (in-place ones on arguments too) and return, indexing, method calls,
+    attribute reads other than xp.<fusable>, calls of anything else."""
+    problems = []
+    for fn in ast.parse(source, filename).body:
+        if not (isinstance(fn, ast.FunctionDef)
+                and any(isinstance(d, ast.Name) and d.id == "fused" for d in fn.decorator_list)):
+            continue
+        args = {a.arg for a in fn.args.args}
+        for stmt in fn.body:
+            where = f"{filename}:{stmt.lineno} {fn.name}"
+            if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+                continue                                    # the docstring
+            if isinstance(stmt, ast.AugAssign):
+                if not (isinstance(stmt.target, ast.Name) and stmt.target.id in args):
+                    problems.append(f"{where}: in place only on an argument")
+            elif not isinstance(stmt, (ast.Assign, ast.Return)):
+                problems.append(f"{where}: {type(stmt).__name__} in a fused body")
+            for node in ast.walk(stmt):
+                if isinstance(node, (ast.Subscript, ast.Lambda, ast.ListComp, ast.GeneratorExp,
+                                     ast.IfExp, ast.Dict, ast.List)):
+                    problems.append(f"{where}: {type(node).__name__} in a fused body")
+                elif isinstance(node, ast.Call):
+                    f = node.func
+                    if isinstance(f, ast.Name) and f.id == "array_module":
+                        continue
+                    if (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                            and f.value.id == "xp" and fusable(f.attr)):
+                        continue
+                    problems.append(f"{where}: {ast.unparse(f)}() cannot be fused")
+                elif isinstance(node, ast.Attribute) and not (
+                        isinstance(node.value, ast.Name) and node.value.id == "xp"):
+                    problems.append(f"{where}: .{node.attr} in a fused body")
+    return problems
+
+
+def test_the_gpu_kernels_fuse_only_what_cupy_can():
+    source = KERNELS.read_text(encoding="utf-8")
+    assert source.count("@fused") >= 15
+    assert fused_body_problems(source, "gpu/kernels.py") == []
+
+
+def test_the_fused_body_check_fails_on_what_fuse_cannot_do():
+    bad = ("@fused\n"
+           "def f(x, y):\n"
+           "    xp = array_module(x)\n"
+           "    z = x[0] + xp.matmul(x, y)\n"
+           "    y.fill(0)\n"
+           "    for k in range(3):\n"
+           "        z += k\n"
+           "    w = xp.tanh(z)\n"
+           "    w += 1\n"
+           "    return z.reshape(-1)\n")
+    problems = fused_body_problems(bad)
+    for what in ("Subscript", "xp.matmul() cannot", "y.fill() cannot", "For in a fused",
+                 "in place only on an argument", ".reshape"):
+        assert any(what in p for p in problems), (what, problems)

@@ -95,12 +95,12 @@ def test_file_size_limit_names_the_file_and_the_run_resumes(tmp_path, synthetic_
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 1 MiB tmpfs (skips where mounting is not allowed)."""
+    """A 2 MiB tmpfs (skips where mounting is not allowed): room for a few checkpoints."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root")
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
                        capture_output=True, text=True)
     if p.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")

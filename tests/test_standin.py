@@ -18,6 +18,11 @@ def test_no_implicit_conversion_to_numpy(standin):
     from PIL import Image
     with pytest.raises(TypeError):
         Image.fromarray(x)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with pytest.raises(TypeError):
+        plt.imsave(io.BytesIO(), x)
 
 
 def test_no_mixing_with_numpy_arrays(standin):

@@ -45,19 +45,22 @@ def bias_add(z, b):
 @fused
 def bias_relu(z, b):
     """ReLU.forward(z + b): max(z + b, 0)."""
-    return array_module(z).maximum(z + b, 0)
+    xp = array_module(z)
+    return xp.maximum(z + b, 0)
 
 
 @fused
 def bias_tanh(z, b):
     """Tanh.forward(z + b)."""
-    return array_module(z).tanh(z + b)
+    xp = array_module(z)
+    return xp.tanh(z + b)
 
 
 @fused
 def bias_sigmoid(z, b):
     """Sigmoid.forward(z + b): 0.5 (1 + tanh((z + b) / 2)), layers.sigmoid."""
-    return 0.5 * (1 + array_module(z).tanh(0.5 * (z + b)))
+    xp = array_module(z)
+    return 0.5 * (1 + xp.tanh(0.5 * (z + b)))
 
 
 @fused
@@ -141,15 +144,10 @@ def heads_backward(dz, eps, sigma, dmu_kl, dscale_kl, c, beta_n):
 
 
 @fused
-def sum_all(a):
-    """a.sum(): one reduction."""
-    return array_module(a).sum(a)
-
-
-@fused
 def sum_of_squares(p):
     """The L2 penalty's sum: sum p^2 over every penalised parameter at once (losses.l2_penalty)."""
-    return array_module(p).sum(p * p)
+    xp = array_module(p)
+    return xp.sum(p * p)
 
 
 @fused
@@ -166,8 +164,9 @@ def add_l2_grad(g, p, two_lam):
 def adam_step(p, g, m, v, b1, b2, bias1, bias2, lr, eps):
     """m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
     p -= lr (m / bias1) / (sqrt(v / bias2) + eps), bias_i = 1 - b_i^t."""
+    xp = array_module(p)
     m *= b1
     m += (1 - b1) * g
     v *= b2
     v += (1 - b2) * g * g
-    p -= lr * (m / bias1) / (array_module(p).sqrt(v / bias2) + eps)
+    p -= lr * (m / bias1) / (xp.sqrt(v / bias2) + eps)

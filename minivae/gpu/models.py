@@ -38,8 +38,8 @@ class FlatVAE:
             self.grads[name] = self.flat_grads[start:end].reshape(p.shape)
             self.slots[name], start = (start, end), end
         self._views = {name: self.params[name] for name in self.params}
-        self._terms = xp.zeros(3, dtype=self.dtype)        # sum BCE, sum KL, sum p^2
-        self._term_views = [self._terms[i:i + 1].reshape(()) for i in range(3)]
+        self.device_terms = xp.zeros(3, dtype=self.dtype)  # sum BCE, sum KL, sum p^2
+        self._term_views = [self.device_terms[i:i + 1].reshape(()) for i in range(3)]
         self.decoder.defer_last_bias = isinstance(self.decoder.layers[-1], _Linear)
 
     def _linked(self):
@@ -72,9 +72,21 @@ class FlatVAE:
 
     def loss_and_grads(self, x, noise=None, beta=1.0, weight_decay=0.01, input_grad=False):
         """models.VAE.loss_and_grads, the same numbers (see the module docstring)."""
-        terms, (logits, eps, sigma, dlogits, dmu_kl, dscale_kl) = self._forward(
-            x, noise, beta, weight_decay)
-        n = x.shape[0]
+        penalty, cache = self._forward_on_device(x, noise, weight_decay)
+        terms = self._read_terms(x.shape[0], beta, weight_decay, penalty)
+        self._backward(x.shape[0], cache, beta, weight_decay, input_grad)
+        return terms
+
+    def grads_on_device(self, x, noise, beta=1.0, weight_decay=0.01):
+        """loss_and_grads without reading the loss terms to the host: every launch of a step
+        and no transfer (x and noise already on the device), so the step can be captured in a
+        CUDA graph; the terms stay in self.device_terms (sum BCE, sum KL, sum p^2)."""
+        penalty, cache = self._forward_on_device(x, noise, weight_decay)
+        self._backward(x.shape[0], cache, beta, weight_decay, False)
+        return self.device_terms
+
+    def _backward(self, n, cache, beta, weight_decay, input_grad):
+        logits, eps, sigma, dlogits, dmu_kl, dscale_kl = cache
         dz = self.decoder.backward(dlogits)                     # dlogits is already / n
         dmu, dscale = kernels.heads_backward(dz, eps, sigma, dmu_kl, dscale_kl,
                                              self.sigma_exponent, beta / n)
@@ -84,9 +96,19 @@ class FlatVAE:
         if input_grad:
             self.input_grad = dx - logits / n
         self._penalty_grads(weight_decay)
-        return terms
 
     def _forward(self, x, noise, beta, weight_decay):
+        penalty, cache = self._forward_on_device(x, noise, weight_decay)
+        return self._read_terms(x.shape[0], beta, weight_decay, penalty), cache
+
+    def _read_terms(self, n, beta, weight_decay, penalty):
+        """The loss terms from the device's three sums, in one transfer."""
+        host = to_host(self.device_terms)                             # the one read
+        recon, kl_value = float(host[0]) / n, float(host[1]) / n
+        reg = weight_decay * float(host[2]) if penalty is None else penalty
+        return LossTerms(recon + beta * kl_value + reg, recon, kl_value, reg)
+
+    def _forward_on_device(self, x, noise, weight_decay):
         xp, n = self.xp, x.shape[0]
         h = self.encoder.forward(x)
         zmu, zs = self.mu.forward_linear(h), self.scale.forward_linear(h)
@@ -99,11 +121,7 @@ class FlatVAE:
         bce.sum(out=bce_sum)
         kl.sum(out=kl_sum)
         penalty = self._penalty_value(weight_decay)
-        host = to_host(self._terms)                                   # the one read
-        recon, kl_value = float(host[0]) / n, float(host[1]) / n
-        reg = weight_decay * float(host[2]) if penalty is None else penalty
-        terms = LossTerms(recon + beta * kl_value + reg, recon, kl_value, reg)
-        return terms, (logits, eps, sigma, dlogits, dmu_kl, dscale_kl)
+        return penalty, (logits, eps, sigma, dlogits, dmu_kl, dscale_kl)
 
     # ---- the L2 penalty over the flat buffer
 

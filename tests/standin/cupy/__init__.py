@@ -137,6 +137,11 @@ class ndarray:
         raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use "
                         "`.get()` to construct a NumPy array explicitly.")
 
+    @property
+    def __array_interface__(self):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed: a cupy.ndarray "
+                        "exposes no host memory. Please use `.get()` first.")
+
     def __iter__(self):
         for i in range(len(self)):
             yield self[i]

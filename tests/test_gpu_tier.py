@@ -1,0 +1,135 @@
+"""The GPU path without a GPU: the gpu tier and the whole program on `--backend cupy`, run on the
+CuPy stand-in (tests/standin), which keeps CuPy's rules and counts kernel launches, device-to-host
+reads and host-to-device uploads. (On NumPy the gpu tier is tested with the others:
+test_tiers.py, test_gradcheck.py.)"""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, standin_env
+
+from minivae.models import MODELS
+from minivae.tiers import TIERS, build_model, make_adam
+
+# Per step (loss_and_grads + Adam.step) at the seeds' batch sizes: the gpu tier's targets.
+TARGETS = {"mlp": 40, "conv": 120}
+
+
+def step_counts(cp, name, impl, batch=None):
+    """Launches, reads and uploads of one training step (after one untimed step)."""
+    spec = MODELS[name]
+    model = build_model(name, backend="cupy", impl=impl)
+    opt = make_adam(model, lr=spec.defaults["lr"])
+    rng = np.random.default_rng(0)
+    x = cp.asarray(rng.random(spec.input_shape(batch or spec.defaults["batch_size"]))
+                   .astype(np.float32))
+    for _ in range(2):
+        cp.standin.reset()
+        model.loss_and_grads(x, beta=1.0, weight_decay=spec.defaults["weight_decay"])
+        opt.step()
+    return cp.standin.counts()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_gpu_step_meets_its_launch_target_with_one_read(standin, name):
+    gpu, plain = step_counts(standin, name, "gpu"), step_counts(standin, name, "plain")
+    assert gpu["launches"] <= TARGETS[name], gpu
+    assert gpu["reads"] == 1 and gpu["uploads"] == 1, gpu          # the noise; x was uploaded
+    assert plain["launches"] > 5 * gpu["launches"] and plain["reads"] > 1
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_gpu_tier_computes_the_plain_tiers_numbers_on_the_device(standin, name):
+    cp, spec = standin, MODELS[name]
+    rng = np.random.default_rng(3)
+    x = cp.asarray(rng.random(spec.input_shape(3)))
+    noise = cp.asarray(rng.standard_normal((3, spec.defaults["latent_dim"])))
+    models = [build_model(name, dtype=np.float64, backend="cupy", impl=impl)
+              for impl in ("plain", "gpu")]
+    terms = [m.loss_and_grads(x, noise=noise, beta=0.7, weight_decay=0.02) for m in models]
+    assert terms[1] == pytest.approx(terms[0], rel=1e-12)
+    for k in models[0].grads:
+        np.testing.assert_allclose(models[1].grads[k].get(), models[0].grads[k].get(),
+                                   rtol=1e-10, atol=1e-13)
+    opts = [make_adam(m, lr=1e-3) for m in models]
+    for opt in opts:
+        opt.step()
+    for k in models[0].params:
+        np.testing.assert_allclose(models[1].params[k].get(), models[0].params[k].get(),
+                                   rtol=1e-12, atol=1e-15)
+
+
+def test_auto_takes_the_gpu_tier_after_its_self_check(standin, monkeypatch, capsys):
+    from minivae import tiers
+
+    monkeypatch.setattr(tiers, "_SELF_CHECKS", {})
+    assert tiers.resolve_impl("auto", standin) == "gpu"
+    assert capsys.readouterr().err == ""
+    # a gpu kernel that computes the wrong thing: plain, with one line saying why
+    from minivae.gpu import kernels
+    from minivae.gpu import layers as gpu_layers
+
+    monkeypatch.setattr(tiers, "_SELF_CHECKS", {})
+    monkeypatch.setattr(gpu_layers.ReLU, "BIAS", staticmethod(kernels.bias_tanh))
+    assert tiers.resolve_impl("auto", standin) == "plain"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gpu tier failed its self-check" in err and "conv" in err
+    assert tiers.resolve_impl("auto", standin) == "plain" and capsys.readouterr().err == ""
+    monkeypatch.setattr(tiers, "_SELF_CHECKS", {})
+    monkeypatch.setattr(gpu_layers.ReLU, "BIAS", staticmethod(kernels.bias_relu))
+    monkeypatch.setitem(kernels.HEADS, "log_var", lambda *a: 1 / 0)   # one that raises
+    assert tiers.resolve_impl("auto", standin) == "plain"
+    assert "ZeroDivisionError" in capsys.readouterr().err
+    assert tiers.resolve_impl("auto", np) == "fast"
+
+
+# --------------------------------------------------------------------------------------------
+# The program on --backend cupy, in subprocesses that find the stand-in as `cupy`
+
+
+def minivae(*args, check=True):
+    p = subprocess.run([sys.executable, str(ROOT / "bin" / "minivae"), *map(str, args)],
+                       capture_output=True, text=True, env=standin_env(), cwd=ROOT, timeout=600)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def metrics(run):
+    with open(Path(run) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_program_on_cupy_lands_on_numpys_numbers(tmp_path, synthetic_data_dir, name):
+    """Both seed models train a few hundred images for two epochs on --backend cupy (the gpu
+    tier, as auto picks it) and land on the NumPy plain tier's numbers; then plot, evaluate and
+    --resume run on the device too."""
+    common = ["--model", name, "--limit", 256, "--epochs", 2, "--hidden-dim", 32,
+              "--data-dir", synthetic_data_dir, "--no-download", "--no-progress"]
+    minivae("train", *common, "--backend", "numpy", "--impl", "plain", "--out", tmp_path / "np")
+    run = tmp_path / "cupy"
+    p = minivae("train", *common, "--backend", "cupy", "--out", run)
+    assert "run folder" in p.stdout
+    for a, b in zip(metrics(tmp_path / "np"), metrics(run)):
+        for key in ("train_loss", "train_recon", "train_kl", "test_neg_elbo"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5), key
+    data = ["--data-dir", synthetic_data_dir, "--no-download", "--backend", "cupy"]
+    minivae("plot", run, *data)
+    assert (run / "traversals.gif").is_file() and (run / "manifold.png").is_file()
+    p = minivae("evaluate", run, *data, "--iw-samples", 4)
+    assert "IWAE" in p.stdout and "active units" in p.stdout
+    minivae("train", "--resume", "--out", run, "--epochs", 3, "--backend", "cupy",
+            "--no-progress")
+    assert [r["epoch"] for r in metrics(run)] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("impl", list(TIERS))
+def test_gradcheck_on_cupy_passes_in_every_tier(impl):
+    p = minivae("gradcheck", "--backend", "cupy", "--impl", impl)
+    assert f"gradient check on cupy, {impl} tier" in p.stdout
+    assert " 0 failed" in p.stdout.splitlines()[-1]
