@@ -28,6 +28,7 @@ from minivae.evaluate import ACTIVE_VARIANCE, evaluate_run
 from minivae.idx import IDXError
 from minivae.models import MODELS
 from minivae.progress import say, silence_stdout
+from minivae.report import report_path, write_report
 from minivae.run import RunFolder, resume_config
 from minivae.train import train
 from minivae.visualise import plot_run
@@ -122,6 +123,7 @@ def cmd_train(args):
     args.run_folder = cfg.out     # for the hint after an interruption or a full disk
     train(cfg, resume=args.resume, progress=not args.no_progress, verbose=args.verbose)
     say(f"minivae: run folder {cfg.out}")
+    _mention_report(cfg.out)
     return 0
 
 
@@ -213,6 +215,32 @@ def cmd_plot(args):
     shown = [f.name for f in written if not f.name.startswith(("test-image-", "reconstruction-"))]
     print(f"minivae: wrote {', '.join(shown)} and test-image-<i>.png / reconstruction-<i>.png "
           f"in {args.run}")
+    _mention_report(args.run)
+    return 0
+
+
+def _mention_report(run):
+    path = report_path(run)
+    if path is not None:
+        say(f"minivae: report {path} (`minivae report {run}` brings it up to date)")
+
+
+# -- report ---------------------------------------------------------------------------------
+
+def report_arguments(p):
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--epoch", type=positive_int, help="checkpoint to show (default: the newest)")
+    backend_arg(p)
+    data_args(p)
+    no_download_arg(p)
+
+
+def cmd_report(args):
+    path = write_report(args.run, epoch=args.epoch, backend=args.backend,
+                        data_dir=args.data_dir, mirrors=args.mirror,
+                        download=False if args.no_download else None, log=_err,
+                        verbose=args.verbose)
+    say(f"minivae: wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser")
     return 0
 
 
@@ -255,6 +283,8 @@ COMMANDS = {
                  evaluate_arguments, cmd_evaluate),
     "plot": ("latent scatter, manifold, test reconstructions, latent traversals and an "
              "interpolation", None, plot_arguments, cmd_plot),
+    "report": ("RUN_DIR/report.html: the run's metrics and pictures, and its latent space to "
+               "explore in the browser", None, report_arguments, cmd_report),
     "gradcheck": ("finite-difference check of every layer's backward", None, gradcheck_arguments,
                   cmd_gradcheck),
     "bench": ("time training steps of a model on a backend", bench.DESCRIPTION,

@@ -5,18 +5,19 @@ after every epoch; `evaluate_run` is `minivae evaluate RUN`. Every random number
 a stream of its own (minivae.run), never from the two training streams.
 """
 
+import json
 import math
 
 import numpy as np
 
-from minivae import data
+from minivae import data, files
 from minivae.backend import backend_name, make_rng, to_device, to_host
 from minivae.errors import TrainError
 from minivae.layers import sigmoid
 from minivae.losses import kl_log_var
 from minivae.models import log_mean_exp, log_weights, reparametrize
 from minivae.progress import bar as progress_bar
-from minivae.run import STREAM_EVAL, STREAM_TEST, load_run, stream_rng
+from minivae.run import EVALUATION, STREAM_EVAL, STREAM_TEST, RunFolder, load_run, stream_rng
 
 EVAL_BATCH = 128          # images per forward pass when evaluating (bounds its memory)
 ACTIVE_VARIANCE = 0.01    # a latent dimension is active when Var_x(mu_d) exceeds this
@@ -143,4 +144,23 @@ def evaluate_run(run_dir, epoch=None, iw_samples=100, backend="auto", limit=None
     for key in ("neg_elbo", "neg_log_px"):
         if not math.isfinite(result[key]):
             raise TrainError(f"evaluation of {ckpt.path} gave a non-finite {key}")
+    save_evaluation(run_dir, result, log)
     return result
+
+
+def save_evaluation(run_dir, result, log=None):
+    """Add the result to RUN/evaluation.json (by epoch; what `minivae report` shows); a run
+    folder that cannot be written is said in one line, not an error (evaluate printed it)."""
+    path = RunFolder(run_dir).file(EVALUATION)
+    try:
+        saved = json.loads(path.read_text())
+        saved = saved if isinstance(saved, dict) else {}
+    except (OSError, ValueError):
+        saved = {}
+    saved[str(result["epoch"])] = {k: result[k] for k in ("neg_elbo", "neg_log_px", "iw_samples",
+                                                           "images")}
+    try:
+        files.write_text(path, json.dumps(saved, indent=2) + "\n")
+    except OSError as e:
+        if log is not None:
+            log(f"minivae: could not save the result to {path}: {e.strerror or e}")

@@ -37,8 +37,9 @@ def backend_arg(p, default="auto"):
 
 def impl_arg(p, default="auto"):
     p.add_argument("--impl", choices=IMPLS, default=default,
-                   help="the engine's tier: plain (the readable one), fast (NumPy only), or auto: "
-                        "fast on NumPy, plain on CuPy (default: auto)")
+                   help="the engine's tier: plain (the readable one), fast (for NumPy), gpu "
+                        "(for CuPy), or auto: fast on NumPy, gpu on CuPy once it passes a "
+                        "self-check on the device, else plain (default: auto)")
 
 
 def data_args(p):

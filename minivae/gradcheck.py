@@ -368,7 +368,7 @@ def all_checks():
         kl_log_var, [(5, 3), (5, 3)], ["mu", "log_var"])))
     checks.append(Check("kl_log_sigma", "(5,3)", loss_check(
         kl_log_sigma, [(5, 3), (5, 3)], ["mu", "log_sigma"])))
-    checks.append(Check("l2_penalty", "lam=0.37", l2_check))
+    checks.append(Check("l2_penalty", "weight_decay=0.37", l2_check))
     for name, spec in MODELS.items():           # every model of the registry, at its defaults
         n = 3 if spec.flatten else 2
         checks.append(Check(spec.cls.__name__, f"--model {name}, x={spec.input_shape(n)}",

@@ -55,10 +55,12 @@ def kl_log_sigma(mu, log_sigma):
     return 0.5 * (var + mu * mu - 1 - 2 * log_sigma), mu, var - 1
 
 
-def l2_penalty(params, lam):
-    """lam * sum of squares over the given arrays; gradient 2 lam p for each.
+def l2_penalty(params, weight_decay):
+    """The L2 penalty lambda * sum of squares over the given arrays (lambda = weight_decay, the
+    --weight-decay flag: a term of the loss, so Adam sees its gradient; not AdamW's decoupled
+    decay); gradient 2 lambda p for each.
 
     params: dict name -> array. Returns (value as a Python float, dict name -> gradient).
     """
     value = sum(float(array_module(p).vdot(p, p)) for p in params.values())   # one pass each
-    return lam * value, {name: (2 * lam) * p for name, p in params.items()}
+    return weight_decay * value, {name: (2 * weight_decay) * p for name, p in params.items()}

@@ -11,6 +11,8 @@ A run lives in one folder (``--out``)::
     metrics.csv              one row per epoch (metric_fields)
     loss.png                 train loss and test -ELBO per epoch
     checkpoints/model-<N>.npz  everything needed to continue after epoch N (minivae.checkpoint)
+    evaluation.json          `minivae evaluate`'s results, by epoch
+    report.html              `minivae report`'s page (minivae.report)
 
 Every file is written to a temporary name and renamed into place (minivae.files).
 """
@@ -32,6 +34,8 @@ from minivae.errors import ResumeMismatch, TrainError
 from minivae.tiers import build_model, make_adam
 
 CONFIG, METRICS, LOSS, ORIGINAL = "config.json", "metrics.csv", "loss.png", "original.png"
+EVALUATION = "evaluation.json"       # `minivae evaluate`'s results, by epoch
+REPORT = "report.html"               # `minivae report`'s page
 METRIC_FIELDS = ("epoch", "train_loss", "train_recon", "train_kl", "train_reg", "beta",
                  "test_neg_elbo", "active_units", "seconds")
 

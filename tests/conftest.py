@@ -8,8 +8,8 @@ Training / CLI tests (issue 4):
 
 The GPU path without a GPU:
   standin             the CuPy stand-in (tests/standin) imported as `cupy` for one test and
-                      taken out again after it; skips where real CuPy is installed (there the
-                      GPU tests run instead). STANDIN_ENV puts it on a subprocess's path.
+                      taken out again after it; skips where real CuPy has a usable GPU (there
+                      the GPU tests run instead). standin_env() puts it on a subprocess's path.
 """
 
 import shutil
@@ -85,18 +85,17 @@ def real_data_mirror():
     return REAL_DATA
 
 
-def real_cupy_installed():
-    import importlib.util
+def real_gpu_usable():
+    from minivae.backend import cupy_status
 
-    spec = importlib.util.find_spec("cupy")
-    return spec is not None and not str(spec.origin).startswith(str(STANDIN))
+    return cupy_status()[0] is not None
 
 
 @pytest.fixture
 def standin():
     """The CuPy stand-in as `cupy` (and `cupyx`) for the duration of one test."""
-    if real_cupy_installed():
-        pytest.skip("real CuPy is installed here: the stand-in is for machines without it")
+    if real_gpu_usable():
+        pytest.skip("CuPy has a usable GPU here: the stand-in is for machines without one")
     saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in
              ("cupy", "cupyx")}
     sys.path.insert(0, str(STANDIN))

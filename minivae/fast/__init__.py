@@ -12,7 +12,7 @@ what it saves.
                      Sequential that converts layouts
     fast/optim.py    Adam over flat vectors of running sums
 
-A model picks its tier once (models.VAE: impl="auto" | "plain" | "fast", auto = fast on NumPy,
-plain on CuPy) by building itself from this layer set or layers.py's; optim.Adam(model) follows
-the model. Nothing in the plain tier asks which tier it runs in.
+A model is built in a tier once (minivae.tiers.build_model(..., impl=...): auto = fast on NumPy)
+from that tier's layer set, and minivae.tiers.make_adam(model) gives the Adam of its tier. Nothing
+in the plain tier asks which tier it runs in.
 """
