@@ -13,13 +13,14 @@ with status 141, as SIGPIPE would (training carries on: minivae.progress.say).
 
 import argparse
 import json
+import re
 import os
 import signal
 import sys
 
 from minivae import __version__, bench, files, gradcheck, signals, statcheck
 from minivae.flags import (backend_arg, data_args, impl_arg, no_download_arg, non_negative_float,
-                           non_negative_int, positive_float, positive_int, saved_run_args)
+                           non_negative_int, positive_float, positive_int, saved_run_args, within)
 from minivae.backend import BackendError
 from minivae.config import DTYPES, RECON_FROM, SETTINGS, make_config
 from minivae.download import DATASETS, DownloadError, download, mirrors
@@ -34,6 +35,11 @@ from minivae.train import train
 from minivae.visualise import plot_run
 
 PROG = "minivae"
+TRAVERSE_LIMIT = 10.0     # prior standard deviations: far past anything the decoder was trained on
+
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$",
+                             re.IGNORECASE)
 
 
 class UsageError(Exception):
@@ -41,7 +47,14 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line (`minivae: error: ...`), not usage."""
+    """argparse that reports a bad command line as one line (`minivae: error: ...`), not usage,
+    and takes no abbreviations (`--epoch 3` is not `--epochs 3`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+        # `-inf`, `-1e3` are values, not options (argparse knows only -12 and -1.5), so that
+        # `--traverse-range -inf inf` reaches its type check and is refused for what it is
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
@@ -70,13 +83,19 @@ def train_arguments(p):
     backend_arg(p, default=None)
     impl_arg(p, default=None)
     p.add_argument("--epochs", type=positive_int, help="number of epochs to train up to")
-    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int,
+                   help="images per training step (default: the seed's, " + ", ".join(
+                       f"{spec.defaults['batch_size']} for {name}"
+                       for name, spec in MODELS.items()) + ")")
     p.add_argument("--lr", type=positive_float, help="Adam learning rate")
     p.add_argument("--beta", type=non_negative_float, help="weight of the KL term (default 1)")
     p.add_argument("--weight-decay", type=non_negative_float, metavar="LAMBDA",
                    help="weight of the L2 penalty LAMBDA * sum of squared parameters, added to "
                         "the loss (not AdamW's decoupled decay) (default 0.01)")
-    p.add_argument("--latent-dim", type=positive_int)
+    p.add_argument("--latent-dim", type=positive_int,
+                   help="dimensions of z (default: the seed's, " + ", ".join(
+                       f"{spec.defaults['latent_dim']} for {name}"
+                       for name, spec in MODELS.items()) + ")")
     p.add_argument("--hidden-dim", type=positive_int, help="width of the dense layers")
     p.add_argument("--seed", type=non_negative_int, help="random seed (default 0)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: output/<model>-<dataset>)")
@@ -120,6 +139,9 @@ def cmd_train(args):
             _err(note)
     else:
         cfg = make_config(**given)
+    if "log_every" in given and not cfg.tensorboard:
+        _err("minivae: warning: --log-every sets the TensorBoard interval; without --tensorboard "
+             "it has no effect")
     args.run_folder = cfg.out     # for the hint after an interruption or a full disk
     train(cfg, resume=args.resume, progress=not args.no_progress, verbose=args.verbose)
     say(f"minivae: run folder {cfg.out}")
@@ -167,6 +189,7 @@ def evaluate_arguments(p):
     saved_run_args(p, "evaluate on the first N test images")
     p.add_argument("--iw-samples", type=positive_int, default=100, metavar="K",
                    help="importance samples per image (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def cmd_evaluate(args):
@@ -174,11 +197,15 @@ def cmd_evaluate(args):
                      backend=args.backend, limit=args.limit, data_dir=args.data_dir,
                      mirrors=args.mirror, download=False if args.no_download else None,
                      log=_err, progress=True, verbose=args.verbose)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
     print(f"{r['model']} VAE, epoch {r['epoch']}, {r['images']} {r['dataset']} test images, "
           f"backend {r['backend']}")
     print(f"negative ELBO          {r['neg_elbo']:10.4f} nats/image  (mean over the "
           f"{r['iw_samples']} samples)")
-    print(f"-log p(x), IWAE K={r['iw_samples']:<5d} {r['neg_log_px']:10.4f} nats/image")
+    print(f"-log p(x) <= IWAE K={r['iw_samples']:<4d} {r['neg_log_px']:10.4f} nats/image  (an "
+          f"upper bound on -log p(x), tighter as K grows)")
     lat = r["latent"]
     print(f"\nlatent dimensions (KL: nats per image; active: Var over the images of the "
           f"posterior mean > {ACTIVE_VARIANCE})")
@@ -186,6 +213,9 @@ def cmd_evaluate(args):
     for i, (kl, var, on) in enumerate(zip(lat["kl"], lat["mean_var"], lat["active"])):
         print(f"{i:>4} {kl:10.4f} {var:10.4f}  {'yes' if on else 'no'}")
     print(f"active units: {lat['active_units']} of {len(lat['kl'])}")
+    if r["images"] < 2:
+        print("(one test image: the means have no variance over the images, so no unit can "
+              "count as active; raise --limit)")
     return 0
 
 
@@ -196,8 +226,9 @@ def plot_arguments(p):
     p.add_argument("--traverse-image", type=non_negative_int, default=0, metavar="I",
                    help="traversals.png/.gif hold the other dimensions at the posterior mean of "
                         "test image I (default: %(default)s)")
-    p.add_argument("--traverse-range", type=float, nargs=2, default=(-3.0, 3.0),
-                   metavar=("LO", "HI"),
+    p.add_argument("--traverse-range", type=within(-TRAVERSE_LIMIT, TRAVERSE_LIMIT,
+                                                   f"a finite number within ±{TRAVERSE_LIMIT:g}"),
+                   nargs=2, default=(-3.0, 3.0), metavar=("LO", "HI"),
                    help="the values each dimension is swept over, in prior standard deviations "
                         "(default: -3 3)")
     p.add_argument("--interpolate", type=non_negative_int, nargs=2, metavar=("I", "J"),
@@ -362,10 +393,19 @@ def main(argv=None):
         restore_signals()
 
 
+def _parse(parser, argv):
+    """parser.parse_args, with an unknown option blamed on the sub-command it followed."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        prog = f"{PROG} {args.command}" if getattr(args, "command", None) else PROG
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see `{prog} --help`)")
+    return args
+
+
 def _main(argv):
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = _parse(parser, sys.argv[1:] if argv is None else argv)
     except UsageError as e:
         _err(f"{PROG}: error: {_one_line(e)}")
         return 2

@@ -21,6 +21,7 @@ from minivae.models import MODELS
 from minivae.tiers import IMPLS
 
 DTYPES = ("float32", "float64")
+MAX_SAMPLE_SIZE = 32      # the picture grids: at most 32 x 32 images
 RECON_FROM = ("sample", "mean")
 
 
@@ -126,6 +127,9 @@ def check_config(cfg):
         integer(key, 1)
     for key in ("limit", "keep_checkpoints"):
         integer(key, 1, allow_none=True)
+    if cfg.sample_size > MAX_SAMPLE_SIZE:
+        raise TrainError(f"--sample-size must be at most {MAX_SAMPLE_SIZE} (a {MAX_SAMPLE_SIZE}x"
+                         f"{MAX_SAMPLE_SIZE} grid of pictures), got {cfg.sample_size}")
     for key in ("seed", "kl_warmup"):
         integer(key, 0)
     if not isinstance(cfg.lr, (int, float)) or not math.isfinite(cfg.lr) or cfg.lr <= 0:

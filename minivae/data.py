@@ -35,8 +35,10 @@ def load(dataset, split, data_dir=None, mirrors=None, limit=None, download=True,
             folder = fetch.data_dir(data_dir) / dataset
             for f in fnames:
                 if not (folder / f).is_file():
+                    where = f" --data-dir {data_dir}" if data_dir is not None else ""
                     raise FileNotFoundError(
-                        f"{folder / f} is missing; run `minivae download --dataset {dataset}`")
+                        f"{folder / f} is missing; run `minivae download --dataset {dataset}"
+                        f"{where}`, or give the folder that holds it with --data-dir")
         try:
             arrays = [read_idx(folder / f) for f in fnames]
             n = arrays[0].shape[0]

@@ -60,7 +60,10 @@ DATASETS = {
         },
     },
     "fashion-mnist": {
-        "mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+        "mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                    # the dataset's own repository serves the same files
+                    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/"
+                    "data/fashion/"],
         "files": {
             "train-images-idx3-ubyte.gz": _spec(
                 26421880, "8d4fb7e6c68d591d4c3dfef9ec88bf0d",

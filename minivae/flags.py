@@ -21,6 +21,19 @@ def number(convert, lowest, what, inclusive=True):
     return parse
 
 
+def within(low, high, what):
+    """An argparse type: a float in [low, high]; inf, nan and values outside are refused."""
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (math.isfinite(v) and low <= v <= high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return v
+    return parse
+
+
 positive_int = number(int, 1, "a positive integer")
 non_negative_int = number(int, 0, "a non-negative integer")
 positive_float = number(float, 0, "a positive number", inclusive=False)

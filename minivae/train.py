@@ -104,10 +104,11 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
             _evaluate_epoch(run, epoch, row)
             history.append(row)
             _save_epoch(run, epoch, history, grid)
+            warming = f", KL weight β {row['beta']:.3g} (warm-up)" if row["beta"] < cfg.beta else ""
             log(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} (recon "
-                f"{row['train_recon']:.4f}, kl {row['train_kl']:.4f}, reg {row['train_reg']:.4f}), "
-                f"test -ELBO {row['test_neg_elbo']:.4f}, active units {row['active_units']}/"
-                f"{cfg.latent_dim}, {row['seconds']:.1f}s")
+                f"{row['train_recon']:.4f}, kl {row['train_kl']:.4f}, reg {row['train_reg']:.4f})"
+                f"{warming}, test -ELBO {row['test_neg_elbo']:.4f}, active units "
+                f"{row['active_units']}/{cfg.latent_dim}, {row['seconds']:.1f}s")
     finally:
         if run.writer is not None:
             run.writer.close()
@@ -149,6 +150,12 @@ def _start(cfg, resume, progress, warn, verbose):
             raise TrainError(f"{len(train_x)} training images make no full batch of "
                              f"{cfg.batch_size} (the {cfg.model} model uses full batches only); "
                              f"lower --batch-size or raise --limit")
+        s = cfg.sample_size
+        if s * s > len(train_x):
+            fits = int(len(train_x) ** 0.5)
+            raise TrainError(f"--sample-size {s} asks for {s}x{s} = {s * s} training images in "
+                             f"its grids, but there are {len(train_x)} (--limit); lower "
+                             f"--sample-size to {fits} or raise --limit")
         ckpt, model, opt, data_rng = folder.restore_newest(cfg, xp, warn) if resume else \
             (None, *fresh_state(cfg, xp))
     except BaseException:

@@ -1,0 +1,106 @@
+"""What a practitioner trips on (issue 21, in part): messages that point to the right place,
+limits said as limits, and what users of similar tools expect from `evaluate`."""
+
+import json
+
+import pytest
+
+from minivae import cli, download
+
+TINY = ["--hidden-dim", "16", "--batch-size", "32", "--sample-size", "3", "--backend", "numpy",
+        "--no-progress", "--no-download"]
+
+
+def run_cli(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, synthetic_data_dir):
+    out = tmp_path_factory.mktemp("practitioner") / "run"
+    assert cli.main(["train", "--model", "mlp", "--limit", "128", "--epochs", "1", "--out",
+                     str(out), "--data-dir", str(synthetic_data_dir), *TINY]) == 0
+    return out
+
+
+def test_abbreviated_options_are_refused_and_point_to_the_sub_command(capsys):
+    rc, _, err = run_cli(capsys, "train", "--epoch", "3")
+    assert rc == 2 and err == ("minivae: error: unrecognized arguments: --epoch 3 (see "
+                               "`minivae train --help`)\n")
+    rc, _, err = run_cli(capsys, "plot", "somewhere", "--bogus")
+    assert rc == 2 and "(see `minivae plot --help`)" in err
+
+
+@pytest.mark.parametrize("lo, hi", [("0", "inf"), ("0", "1e308"), ("-inf", "inf"),
+                                    ("nan", "1"), ("-11", "0")])
+def test_traverse_range_must_be_finite_and_near_the_prior(capsys, lo, hi):
+    rc, _, err = run_cli(capsys, "plot", "somewhere", "--traverse-range", lo, hi)
+    assert rc == 2 and "must be a finite number within ±10" in err and err.count("\n") == 1
+
+
+def test_negative_values_still_parse_as_values(capsys, tiny_run, synthetic_data_dir):
+    rc, _, err = run_cli(capsys, "plot", tiny_run, "--traverse-range", "-2.5", "-1e-1",
+                         "--data-dir", synthetic_data_dir, "--no-download", "--backend", "numpy")
+    assert rc == 0, err
+
+
+def test_sample_size_is_capped_and_must_fit_the_images(capsys, tmp_path, synthetic_data_dir):
+    base = ["train", "--model", "mlp", "--epochs", "1", "--data-dir", synthetic_data_dir,
+            "--hidden-dim", "16", "--backend", "numpy", "--no-progress", "--no-download"]
+    rc, _, err = run_cli(capsys, *base, "--sample-size", "1000", "--out", tmp_path / "a")
+    assert rc == 1 and "--sample-size must be at most 32" in err
+    rc, _, err = run_cli(capsys, *base, "--sample-size", "20", "--limit", "300",
+                         "--out", tmp_path / "b")
+    assert rc == 1 and "asks for 20x20 = 400 training images" in err and "--sample-size to 17" \
+        in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_log_every_without_tensorboard_warns(capsys, tmp_path, synthetic_data_dir):
+    rc, _, err = run_cli(capsys, "train", "--model", "mlp", "--limit", "64", "--epochs", "1",
+                         "--log-every", "5", "--out", tmp_path / "r", "--data-dir",
+                         synthetic_data_dir, *TINY)
+    assert rc == 0 and "warning: --log-every sets the TensorBoard interval" in err
+
+
+def test_the_epoch_line_shows_the_kl_weight_during_a_warm_up(capsys, tmp_path,
+                                                             synthetic_data_dir):
+    rc, out, _ = run_cli(capsys, "train", "--model", "mlp", "--limit", "128", "--epochs", "2",
+                         "--kl-warmup", "6", "--out", tmp_path / "r", "--data-dir",
+                         synthetic_data_dir, *TINY)
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert rc == 0 and "KL weight β 0.5 (warm-up)" in lines[0]     # step 3 (from 0) of 6
+    assert "warm-up" not in lines[1]
+
+
+def test_a_missing_file_hint_keeps_the_data_dir(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "train", "--model", "mlp", "--data-dir", tmp_path / "nothing",
+                         "--no-download", "--out", tmp_path / "r", "--backend", "numpy")
+    assert rc == 1 and f"minivae download --dataset mnist --data-dir {tmp_path / 'nothing'}" in err
+
+
+def test_fashion_mnist_has_a_second_source():
+    sources = download.DATASETS["fashion-mnist"]["mirrors"]
+    assert len(sources) == 2 and "zalandoresearch/fashion-mnist" in sources[1]
+
+
+def test_train_help_says_what_batch_size_and_latent_dim_default_to(capsys):
+    rc, out, _ = run_cli(capsys, "train", "--help")
+    assert rc == 0
+    flat = " ".join(out.split())
+    assert "images per training step (default: the seed's, 128 for mlp, 64 for conv)" in flat
+    assert "dimensions of z (default: the seed's, 2 for mlp, 10 for conv)" in flat
+
+
+def test_evaluate_json_and_the_bound_said_as_a_bound(capsys, tiny_run, synthetic_data_dir):
+    common = [tiny_run, "--data-dir", synthetic_data_dir, "--no-download", "--backend", "numpy",
+              "--iw-samples", "4"]
+    rc, out, _ = run_cli(capsys, "evaluate", *common, "--json")
+    r = json.loads(out)
+    assert rc == 0 and r["neg_log_px"] <= r["neg_elbo"] and r["latent"]["active_units"] >= 0
+    rc, out, _ = run_cli(capsys, "evaluate", *common)
+    assert "upper bound on -log p(x)" in out
+    rc, out, _ = run_cli(capsys, "evaluate", *common, "--limit", "1")
+    assert rc == 0 and "one test image: the means have no variance" in out
