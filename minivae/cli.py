@@ -375,7 +375,8 @@ def _resume_hint(args, when=""):
         return ""
     found = RunFolder(run).checkpoints()
     if not found:
-        return "; no checkpoint was written yet"
+        return (f"; no checkpoint was written yet: `minivae train --resume --out {run}` starts "
+                f"it again from epoch 1")
     return f"; {when}`minivae train --resume --out {run}` continues after epoch {found[-1][0]}"
 
 

@@ -12,6 +12,7 @@ name only once it has passed (minivae.files).
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -103,9 +104,15 @@ class DownloadError(RuntimeError):
         self.dataset = dataset
         self.failures = failures
         self.hint = None
-        if any("checksum mismatch" in why for tries in failures.values() for _, why in tries):
-            where = f"put them in {folder}" if folder else "put them in the data folder"
+        where = f"put them in {folder}" if folder else "put them in the data folder"
+        whys = [why for tries in failures.values() for _, why in tries
+                if not why.startswith("the local copy")]
+        if any("checksum mismatch" in why for why in whys):
             self.hint = f"to use your own copies of the files, {where} and pass --no-download"
+        elif whys and all(why.startswith(("connection", "skipped, unreachable")) for why in whys):
+            self.hint = (f"no source could be reached (offline?): give a copy with --mirror DIR "
+                         f"or MINIVAE_MIRROR=DIR (a folder of <dataset>/<file>), or {where} "
+                         f"and pass --no-download")
         super().__init__("\n".join(self.lines(full=True)))
 
     def lines(self, full=False):
@@ -257,16 +264,17 @@ def forget(folder, fnames):
 
 
 def _cached_ok(folder, fname, spec, stamps):
-    """Is the cached file good? Trust a matching stamp, else verify fully (and stamp it)."""
+    """None when the cached file is good (a matching stamp is trusted, else it is verified
+    fully and stamped); "missing", or why the local copy is bad."""
     path = folder / fname
     if not path.is_file():
-        return False
+        return "missing"
     if stamps.get(fname) == _stat_key(path, spec):
-        return True
-    if _verify(path, spec) is None:
+        return None
+    why = _verify(path, spec)
+    if why is None:
         stamps[fname] = _stat_key(path, spec)
-        return True
-    return False
+    return why
 
 
 def _fetch_http(session, url, tmp, spec, timeout, bar):
@@ -324,8 +332,13 @@ def _short(e, width=160):
 
 
 def _brief(why):
-    """A failure's reason for a one-line summary: without the list of URLs tried, shortened."""
-    return _short(why.split(" (tried ")[0], 90)
+    """A failure's reason for a one-line summary: without the list of URLs tried, a connection
+    failure as the host it could not reach, shortened."""
+    why = why.split(" (tried ")[0]
+    host = re.search(r"host='([^']+)'", why)
+    if why.startswith("connection failed") and host:
+        return f"cannot reach {host.group(1)}"
+    return _short(why, 90)
 
 
 def _fetch_local(src, tmp, bar):
@@ -408,8 +421,14 @@ def ensure(dataset, fnames, root, mirror_list, progress, timeout, retries, backo
 
     for fname in fnames:
         spec = info["files"][fname]
-        if _cached_ok(folder, fname, spec, stamps):
+        bad = _cached_ok(folder, fname, spec, stamps)
+        if bad is None:
             continue
+        tries = []
+        if bad != "missing":                  # say so: the file is about to go
+            tries.append((str(folder / fname), f"the local copy was bad ({bad}), removed"))
+            _note(f"minivae: {folder / fname}: the local copy was bad ({bad}); removed it, "
+                  f"fetching it again")
         files.remove(folder / fname)          # a bad cached file never stays under the real name
         stamps.pop(fname, None)
         if session is None and any(str(m).startswith(("http://", "https://"))
@@ -417,7 +436,6 @@ def ensure(dataset, fnames, root, mirror_list, progress, timeout, retries, backo
             import requests
             session = requests.Session()
             session.headers["User-Agent"] = USER_AGENT
-        tries = []
         for mirror in map(str, mirror_list):
             if mirror in dead:
                 tries.append((mirror, f"skipped, unreachable earlier ({dead[mirror]})"))

@@ -141,12 +141,21 @@ class RunFolder:
     # ---- settings and metrics
 
     def read_config(self):
-        """The settings in config.json as a dict, or None when there is no readable one."""
+        """The settings in config.json as a dict, None when there is none; TrainError naming
+        the file when it cannot be read or is no JSON object (a truncated write, an edit)."""
+        path = self.file(CONFIG)
         try:
-            saved = json.loads(self.file(CONFIG).read_text())
-        except (OSError, ValueError):
+            saved = json.loads(path.read_text())
+        except FileNotFoundError:
             return None
-        return saved if isinstance(saved, dict) else None
+        except (OSError, ValueError) as e:
+            raise TrainError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                             f"repair it, or delete it to use the settings saved in the newest "
+                             f"checkpoint") from None
+        if not isinstance(saved, dict):
+            raise TrainError(f"{path} holds no settings (a JSON {type(saved).__name__}); repair "
+                             f"it, or delete it to use the settings saved in the newest checkpoint")
+        return saved
 
     def saved_settings(self):
         """The run's settings as a dict: its config.json, else its newest checkpoint's (None when
@@ -230,7 +239,16 @@ def resume_config(given):
         return make_config(**given), f"minivae: {out} {why}; starting a new run with the " \
                                      f"settings given"
     saved = {**LATER_SETTINGS, **saved}
-    return make_config(**resume_settings(saved, given, out)), None
+    settings = resume_settings(saved, given, out)
+    try:
+        return make_config(**settings), None
+    except (TrainError, TypeError) as e:
+        if any(key in given and given[key] == settings.get(key) for key in SETTINGS
+               if str(settings.get(key)) in str(e)):
+            raise                           # the command line's own value is the bad one
+        config = RunFolder(out).file(CONFIG)
+        source = config if config.is_file() else f"the newest checkpoint of {out}"
+        raise TrainError(f"{source}: {e}") from None
 
 
 def load_run(run_dir, epoch=None, backend="auto", log=None, verbose=False):
@@ -249,6 +267,9 @@ def load_run(run_dir, epoch=None, backend="auto", log=None, verbose=False):
             raise TrainError(f"{run} has no checkpoint for epoch {epoch} (epochs saved: {have})")
     else:
         found = run.checkpoints()
+        if not found and run.file(CONFIG).is_file():
+            raise TrainError(f"{run} has no finished epoch yet (training stopped before its first "
+                             f"checkpoint); `minivae train --resume --out {run}` trains it")
         if not found:
             raise TrainError(f"{run} holds no checkpoints (checkpoints/model-<N>.npz); is it a "
                              f"run folder written by `minivae train`?")

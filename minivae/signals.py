@@ -5,10 +5,11 @@ Python raises a signal's exception wherever the main thread happens to be, and t
 a weakref callback or a __del__ run by the garbage collector, where an exception is printed as
 "Exception ignored in ..." and dropped: the run would carry on as if nothing had been sent. So
 the handlers also note the signal, and the training loop calls `check()` at every step, which
-raises it again when it was lost.
+raises it again when it was lost (and the "Exception ignored" report of it is not printed).
 """
 
 import signal
+import sys
 
 
 class Terminated(KeyboardInterrupt):
@@ -44,10 +45,18 @@ def install():
         previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:
         return lambda: None
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        if _pending is not None and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return                          # our signal, swallowed: check() raises it again
+        previous_hook(unraisable)
+    sys.unraisablehook = hook
 
     def restore():
         global _pending
         _pending = None
+        sys.unraisablehook = previous_hook
         for s, handler in previous.items():
             signal.signal(s, handler)
     return restore

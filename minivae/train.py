@@ -158,6 +158,10 @@ def _start(cfg, resume, progress, warn, verbose):
                              f"--sample-size to {fits} or raise --limit")
         ckpt, model, opt, data_rng = folder.restore_newest(cfg, xp, warn) if resume else \
             (None, *fresh_state(cfg, xp))
+        if resume and ckpt is None and folder.checkpoints():
+            raise TrainError(f"cannot resume {folder}: none of its checkpoints restores (see "
+                             f"the warnings above); to train it again from epoch 1, remove "
+                             f"{folder.path / 'checkpoints'} (or train into another --out)")
     except BaseException:
         folder.remove_created(created)
         raise

@@ -104,3 +104,65 @@ def test_evaluate_json_and_the_bound_said_as_a_bound(capsys, tiny_run, synthetic
     assert "upper bound on -log p(x)" in out
     rc, out, _ = run_cli(capsys, "evaluate", *common, "--limit", "1")
     assert rc == 0 and "one test image: the means have no variance" in out
+
+
+# -- damaged state ---------------------------------------------------------------------------
+
+def test_a_bad_local_copy_of_a_dataset_file_is_said(capsys, tmp_path, real_data_mirror):
+    data = tmp_path / "data"
+    assert cli.main(["download", "--dataset", "mnist", "--data-dir", str(data),
+                     "--mirror", str(real_data_mirror)]) == 0
+    capsys.readouterr()
+    target = data / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:100])                  # truncated
+    rc, _, err = run_cli(capsys, "download", "--dataset", "mnist", "--data-dir", data,
+                         "--mirror", real_data_mirror)
+    assert rc == 0 and f"{target}: the local copy was bad" in err
+
+
+def test_offline_says_where_else_the_files_can_come_from(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("MINIVAE_MIRROR", raising=False)
+    monkeypatch.setitem(download.DATASETS["mnist"], "mirrors", ["http://127.0.0.1:9/"])
+    rc, _, err = run_cli(capsys, "train", "--model", "mlp", "--data-dir", tmp_path / "d",
+                         "--out", tmp_path / "r", "--backend", "numpy", "--no-progress")
+    last = err.strip().splitlines()[-1]
+    assert rc == 1 and last.startswith("minivae: error:") and "cannot reach 127.0.0.1" in last
+    for hint in ("--mirror DIR", "MINIVAE_MIRROR", "--no-download"):
+        assert hint in last
+
+
+@pytest.fixture
+def trained(tmp_path, synthetic_data_dir):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--model", "mlp", "--limit", "128", "--epochs", "1", "--out",
+                     str(out), "--data-dir", str(synthetic_data_dir), *TINY]) == 0
+    return out
+
+
+def test_a_damaged_config_json_is_named_on_resume(capsys, trained):
+    config = trained / "config.json"
+    config.write_text(config.read_text()[:40])                       # truncated
+    rc, _, err = run_cli(capsys, "train", "--resume", "--out", trained, "--epochs", "2")
+    assert rc == 1 and f"{config} is damaged" in err and err.count("\n") == 1
+    config.write_text(json.dumps({"model": "resnet"}))               # readable, a bad value
+    rc, _, err = run_cli(capsys, "train", "--resume", "--out", trained, "--epochs", "2")
+    assert rc == 1 and err.startswith(f"minivae: error: {config}: unknown model 'resnet'")
+
+
+def test_resume_where_no_checkpoint_restores_is_an_error(capsys, trained):
+    ckpt = trained / "checkpoints" / "model-1.npz"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    before = (trained / "metrics.csv").read_text()
+    rc, _, err = run_cli(capsys, "train", "--resume", "--out", trained, "--epochs", "2",
+                         "--no-progress")
+    assert rc == 1 and "none of its checkpoints restores" in err
+    assert f"remove {trained / 'checkpoints'}" in err
+    assert (trained / "metrics.csv").read_text() == before           # nothing overwritten
+
+
+def test_a_run_with_no_finished_epoch_says_so(capsys, trained, synthetic_data_dir):
+    (trained / "checkpoints" / "model-1.npz").unlink()
+    rc, _, err = run_cli(capsys, "plot", trained, "--data-dir", synthetic_data_dir,
+                         "--no-download")
+    assert rc == 1 and "has no finished epoch yet" in err
+    assert f"minivae train --resume --out {trained}" in err
