@@ -234,6 +234,8 @@ def plot_arguments(p):
     p.add_argument("--interpolate", type=non_negative_int, nargs=2, metavar=("I", "J"),
                    help="interpolation.png goes from test image I to test image J (default: "
                         "the first two test images of different classes)")
+    p.add_argument("--out", metavar="DIR",
+                   help="write the pictures into DIR instead of the run folder")
 
 
 def cmd_plot(args):
@@ -242,10 +244,10 @@ def cmd_plot(args):
                        download=False if args.no_download else None,
                        traverse_image=args.traverse_image, interpolate=args.interpolate,
                        traverse_range=tuple(args.traverse_range), log=print, warn=_err,
-                       verbose=args.verbose)
+                       verbose=args.verbose, out=args.out)
     shown = [f.name for f in written if not f.name.startswith(("test-image-", "reconstruction-"))]
     print(f"minivae: wrote {', '.join(shown)} and test-image-<i>.png / reconstruction-<i>.png "
-          f"in {args.run}")
+          f"(i: the test images' indices) in {args.out or args.run}")
     _mention_report(args.run)
     return 0
 

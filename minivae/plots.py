@@ -97,6 +97,14 @@ def _save_figure(fig, path):
     return path
 
 
+def warmup_epochs(rows):
+    """(the epochs that ended inside a KL warm-up, the KL weight after it): epochs whose β is
+    below the largest β of the run (rows without a β, from older runs, count as after it)."""
+    betas = {int(r["epoch"]): float(r["beta"]) for r in rows if r.get("beta") not in (None, "")}
+    target = max(betas.values(), default=None)
+    return [e for e, b in betas.items() if b < target], target
+
+
 def loss_curves(path, rows):
     """Train loss and test negative ELBO per epoch (rows: the metrics.csv rows as dicts)."""
     from matplotlib.figure import Figure
@@ -110,6 +118,10 @@ def loss_curves(path, rows):
         ax.plot(epochs, [float(r["train_recon"]) + float(r["train_kl"]) for r in rows], "^--",
                 label="train −ELBO (recon + KL)")
     ax.plot(epochs, [float(r["test_neg_elbo"]) for r in rows], "s-", label="test −ELBO")
+    warm, target = warmup_epochs(rows)
+    if warm:
+        ax.axvspan(min(warm) - 0.5, max(warm) + 0.5, color="0.9", zorder=0,
+                   label=f"KL warm-up (β < {target:g} at the epoch's end)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
     ax.set_xticks(epochs if len(epochs) <= 20 else ax.get_xticks())
@@ -191,6 +203,27 @@ def traversal_figure(path, rows, row_labels, values, title=None, tile_inches=0.8
     ax.tick_params(length=0)
     if title:
         ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def image_figure(path, image, title, xlabel, ylabel, xticks=(), yticks=(), inches=None):
+    """One grey image (H, W, values in [0, 1]) as a figure with a title and labelled axes;
+    ticks: [(position in pixels, label)]. inches: the image's width, 3 screen pixels per image
+    pixel of a 28-pixel tile by default."""
+    from matplotlib.figure import Figure
+
+    h, w = image.shape
+    width = inches or w * 0.03
+    fig = Figure(figsize=(width + 1.4, width * h / w + 1.2), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([t for t, _ in xticks], labels=[label for _, label in xticks], fontsize=8)
+    ax.set_yticks([t for t, _ in yticks], labels=[label for _, label in yticks], fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(length=0)
     fig.tight_layout()
     return _save_figure(fig, path)
 

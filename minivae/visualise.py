@@ -5,29 +5,36 @@ clustering.png    the encoder means of the test set, coloured by label. A 2-D la
 manifold.png      decodes of an 11x11 grid over [-2, 2]^2 -- the latent plane itself for 2-D
                   latents, else the plane through the origin spanned by the same two axes.
 test-image-<i>.png, reconstruction-<i>.png, test-vs-reconstruction.png
-                  as seed 001's visualise: a shuffled batch of test images, their reconstructions.
+                  as seed 001's visualise: a shuffled batch of test images, their reconstructions
+                  (i: the image's index in the test split, from 0, as --traverse-image counts).
 traversals.png    one row per latent dimension, largest test KL first (printed at the row's
                   start): that dimension swept over --traverse-range in TRAVERSAL_STEPS steps,
                   the others at the posterior mean of test image --traverse-image.
 traversals.gif    the same sweep animated, every row changing together, back and forth.
 interpolation.png decodes along the straight line between the posterior means of two test
                   images, the two originals at the ends.
-The image grids are scaled up SCALE times (nearest neighbour) to be readable.
+plotted.json      the epoch these pictures show and the files this command wrote: the next plot
+                  into the folder removes those of them it does not write again.
+Each picture names the epoch it shows. The image grids are scaled up SCALE times (nearest
+neighbour) to be readable. --out writes them into another folder (a read-only run's, say).
 """
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-from minivae import data
+from minivae import data, files
 from minivae.backend import to_host
 from minivae.errors import TrainError
 from minivae.evaluate import decode_probs, latent_stats, noise, posterior_means, reconstruct
 from minivae.run import STREAM_VIS, load_run, stream_rng
-from minivae.plots import (CLASS_NAMES, as_square_images, image_grid, latent_scatter,
-                           manifold_points, pca_2d, save_gif, save_grid, save_png, side_by_side,
-                           traversal_figure)
+from minivae.plots import (CLASS_NAMES, as_square_images, image_figure, image_grid,
+                           latent_scatter, manifold_points, pca_2d, save_gif, save_png,
+                           side_by_side, traversal_figure)
 
+PLOTTED = "plotted.json"   # the epoch the pictures show and the files this command wrote
 SCALE = 3                  # pixels per image pixel in manifold.png and interpolation.png
 TRAVERSAL_STEPS = 11       # columns of traversals.png
 INTERPOLATION_STEPS = 10   # decodes between (and including) the two posterior means
@@ -58,8 +65,10 @@ def pick_images(labels, traverse_image=0, interpolate=None):
 
 def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, mirrors=None,
              download=None, limit=None, traverse_image=0, interpolate=None,
-             traverse_range=(-3.0, 3.0), log=print, warn=None, verbose=False):
-    """Write the pictures listed above into run_dir; returns the list of files written."""
+             traverse_range=(-3.0, 3.0), log=print, warn=None, verbose=False, out=None):
+    """Write the pictures listed above into `out` (default: run_dir) and PLOTTED there (the
+    epoch drawn and the files written), removing the files an earlier plot wrote there that
+    this one did not; returns the list of files written."""
     lo, hi = traverse_range
     if not lo < hi:
         raise TrainError(f"--traverse-range needs LO < HI, got {lo:g} {hi:g}")
@@ -67,15 +76,45 @@ def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, m
     cfg = cfg.replace(data_dir=data_dir, mirrors=mirrors or None, download=download)
     images, labels = data.load_for(cfg, "test", limit if limit is not None else cfg.limit)
     traverse_image, pair = pick_images(labels, traverse_image, interpolate)
-    run = Path(run_dir)
+    folder = Path(out) if out is not None else Path(run_dir)
+    _check_writable(folder, out is None)
     with np.errstate(all="ignore"):
         means, log_vars = posterior_means(model, images, cfg)
-        written = _latent_plane(run, model, cfg, ckpt.epoch, means, labels, log)
-        written += _test_reconstructions(run, model, cfg, images, num_images)
-        written += _traversals(run, model, means, log_vars, traverse_image, np.linspace(
+        written = _latent_plane(folder, model, cfg, ckpt.epoch, means, labels, log)
+        written += _test_reconstructions(folder, model, cfg, images, num_images)
+        written += _traversals(folder, model, means, log_vars, traverse_image, np.linspace(
             lo, hi, TRAVERSAL_STEPS), ckpt.epoch)
-        written.append(_interpolation(run, model, cfg, images, means, pair))
+        written.append(_interpolation(folder, model, cfg, images, means, pair, ckpt.epoch))
+    _replace_record(folder, ckpt.epoch, written)
     return written
+
+
+def _check_writable(folder, is_run):
+    """Make the folder; TrainError naming it (not a temporary file) when it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        hint = "; give another folder with --out" if is_run else ""
+        raise TrainError(f"cannot write pictures into {folder}: {e.strerror or e}{hint}") \
+            from None
+
+
+def _replace_record(folder, epoch, written):
+    """Write PLOTTED (the epoch and the files of this plot) and remove the files the previous
+    record names that this plot did not write again (and only those)."""
+    record = folder / PLOTTED
+    try:
+        before = json.loads(record.read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        before = []
+    now = [p.name for p in written]
+    for name in before:
+        if name not in now and "/" not in name and name != PLOTTED:
+            files.remove(folder / name)
+    files.write_text(record, json.dumps({"epoch": epoch, "files": now}, indent=2) + "\n")
 
 
 def _latent_plane(run, model, cfg, epoch, means, labels, log):
@@ -97,8 +136,16 @@ def _latent_plane(run, model, cfg, epoch, means, labels, log):
                               CLASS_NAMES.get(cfg.dataset), xl, yl, title)]
     pts = manifold_points()
     z = pts if d == 2 else pts[:, :1] if d == 1 else pts @ axes   # d > 2: the two axes' plane
-    probs = decode_probs(model, model.xp.asarray(z.astype(model.dtype)))
-    written.append(save_grid(run / "manifold.png", probs, ncol=11, scale=SCALE))
+    probs = as_square_images(decode_probs(model, model.xp.asarray(z.astype(model.dtype))))
+    grid, side = image_grid(probs, 11), probs.shape[1]
+    values = np.unique(pts[:, 0])
+    ticks = [((k + 0.5) * side - 0.5, f"{v:g}") for k, v in enumerate(values)]
+    yticks = [((k + 0.5) * side - 0.5, f"{v:g}") for k, v in enumerate(values[::-1])]
+    plane = "z[0], z[1]" if d <= 2 else f"principal axes 1 and 2 of the {d}-D means"
+    written.append(image_figure(
+        run / "manifold.png", grid, f"decodes over [-2, 2]² of {plane}, epoch {epoch}",
+        xl if d != 1 else "z[0]", yl if d != 1 else "(1-D latent: rows repeat)", ticks,
+        yticks, inches=11 * side * 0.03))
     if d > 2:
         log(f"minivae: latent has {d} dimensions: clustering.png shows the test means "
             f"projected on their first two principal axes; manifold.png decodes [-2, 2]^2 on "
@@ -116,9 +163,9 @@ def _test_reconstructions(run, model, cfg, images, num_images):
     recon = as_square_images(reconstruct(model, x, eps))
     orig = as_square_images(to_host(x))
     written = []
-    for i in range(len(idx)):
-        written.append(save_png(run / f"test-image-{i + 1}.png", orig[i]))
-        written.append(save_png(run / f"reconstruction-{i + 1}.png", recon[i]))
+    for i, k in enumerate(idx):            # named by the image's index in the test split
+        written.append(save_png(run / f"test-image-{k}.png", orig[i]))
+        written.append(save_png(run / f"reconstruction-{k}.png", recon[i]))
     written.append(save_png(run / "test-vs-reconstruction.png", side_by_side(orig, recon),
                             scale=2))
     return written
@@ -144,7 +191,7 @@ def _traversals(run, model, means, log_vars, traverse_image, values, epoch):
     return [png, gif]
 
 
-def _interpolation(run, model, cfg, images, means, pair):
+def _interpolation(run, model, cfg, images, means, pair, epoch):
     """interpolation.png: decodes along the line between two test images' posterior means."""
     ia, ib = pair
     spec, xp = cfg.spec, model.xp
@@ -154,4 +201,10 @@ def _interpolation(run, model, cfg, images, means, pair):
     ends = as_square_images(to_host(data.to_float(images[[ia, ib]], xp, model.dtype,
                                                   pad=spec.pad, flatten=spec.flatten)))
     strip = np.concatenate([ends[:1], between, ends[1:]])
-    return save_grid(run / "interpolation.png", strip, ncol=len(strip), pad=2, scale=SCALE)
+    side = strip.shape[1]
+    labels = [f"image {ia}"] + [f"{v:.2g}" for v in t[:, 0]] + [f"image {ib}"]
+    return image_figure(run / "interpolation.png", image_grid(strip, len(strip)),
+                        f"from test image {ia} to test image {ib} through the posterior means, "
+                        f"epoch {epoch}", "t: z = (1 - t) mean(image I) + t mean(image J)", "",
+                        [((k + 0.5) * side - 0.5, label) for k, label in enumerate(labels)],
+                        inches=len(strip) * side * 0.03)

@@ -3,6 +3,7 @@
 import gzip
 import http.server
 import io
+import json
 import os
 import shutil
 import signal
@@ -63,7 +64,9 @@ def test_train_evaluate_plot_session(cli_run, capsys, synthetic_data_dir):
     assert "negative ELBO" in stdout and "IWAE K=20" in stdout and "256 fashion-mnist" in stdout
     rc, stdout, err = minivae(capsys, "plot", out, "--epoch", "1", "--backend", "numpy")
     assert rc == 0, err
-    assert (out / "clustering.png").is_file() and (out / "reconstruction-8.png").is_file()
+    plotted = json.loads((out / "plotted.json").read_text())
+    assert plotted["epoch"] == 1 and "clustering.png" in plotted["files"]
+    assert sum(n.startswith("reconstruction-") for n in plotted["files"]) == 8
 
 
 def test_auto_backend_says_what_it_picked(tmp_path, capsys, synthetic_data_dir):

@@ -107,9 +107,9 @@ def test_plot_traversals_and_interpolation(warm_run, capsys):
         # one column of the three dimensions' rows (28 px + 2 px gaps), scaled 3x
         assert gif.size == (28 * 3, (3 * 28 + 2 * 2) * 3)
     with Image.open(warm_run / "interpolation.png") as im:
-        assert im.size == ((12 * 28 + 11 * 2) * 3, 28 * 3)
+        assert im.size[0] >= 12 * 28 * 3                  # a figure: the images, title, axes
     with Image.open(warm_run / "manifold.png") as im:
-        assert im.size == (11 * 28 * 3, 11 * 28 * 3)
+        assert im.size[0] >= 11 * 28 * 3 and im.size[1] >= 11 * 28 * 3
     with Image.open(warm_run / "traversals.png") as im:
         assert im.size[0] > 11 * 28 and im.size[1] > 3 * 28
 

@@ -166,3 +166,44 @@ def test_a_run_with_no_finished_epoch_says_so(capsys, trained, synthetic_data_di
                          "--no-download")
     assert rc == 1 and "has no finished epoch yet" in err
     assert f"minivae train --resume --out {trained}" in err
+
+
+# -- plot ------------------------------------------------------------------------------------
+
+def test_plot_replaces_its_own_pictures_only_and_records_the_epoch(capsys, trained,
+                                                                   synthetic_data_dir):
+    common = [trained, "--data-dir", synthetic_data_dir, "--no-download", "--backend", "numpy"]
+    (trained / "notes.txt").write_text("mine")
+    assert run_cli(capsys, "plot", *common)[0] == 0
+    first = json.loads((trained / "plotted.json").read_text())
+    assert first["epoch"] == 1
+    images = [n for n in first["files"] if n.startswith("test-image-")]
+    assert len(images) == 8 and all((trained / n).is_file() for n in first["files"])
+    assert run_cli(capsys, "plot", *common, "--limit", "5")[0] == 0      # other test images
+    second = json.loads((trained / "plotted.json").read_text())
+    kept = {p.name for p in trained.iterdir()}
+    assert len([n for n in second["files"] if n.startswith("test-image-")]) == 5
+    assert {n for n in first["files"] if n not in second["files"]}.isdisjoint(kept)
+    assert {"notes.txt", "epoch_1.png", "original.png", "loss.png"} <= kept
+
+
+def test_plot_out_writes_elsewhere_and_a_bad_folder_is_named(capsys, trained, tmp_path,
+                                                             synthetic_data_dir):
+    common = [trained, "--data-dir", synthetic_data_dir, "--no-download", "--backend", "numpy"]
+    rc, out, _ = run_cli(capsys, "plot", *common, "--out", tmp_path / "pictures")
+    assert rc == 0 and (tmp_path / "pictures" / "manifold.png").is_file()
+    assert not (trained / "manifold.png").exists() and str(tmp_path / "pictures") in out
+    (tmp_path / "a-file").write_text("")
+    rc, _, err = run_cli(capsys, "plot", *common, "--out", tmp_path / "a-file")
+    assert rc == 1 and f"cannot write pictures into {tmp_path / 'a-file'}" in err
+    assert ".tmp" not in err
+
+
+def test_loss_png_marks_the_warm_up():
+    from minivae.plots import warmup_epochs
+
+    rows = [{"epoch": 1, "beta": 0.25}, {"epoch": 2, "beta": 0.75}, {"epoch": 3, "beta": 1.0},
+            {"epoch": 4, "beta": 1.0}]
+    assert warmup_epochs(rows) == ([1, 2], 1.0)
+    assert warmup_epochs([{"epoch": 1, "beta": 1.0}]) == ([], 1.0)
+    assert warmup_epochs([{"epoch": 1}]) == ([], None)                 # a run saved before β

@@ -254,9 +254,12 @@ def test_conv_run_and_plots(tmp_path, synthetic_data_dir):
     names = {p.name for p in written}
     assert {"clustering.png", "manifold.png", "test-vs-reconstruction.png", "traversals.png",
             "traversals.gif", "interpolation.png"} <= names
-    assert png_size(out / "manifold.png") == (11 * 32 * 3, 11 * 32 * 3)    # scaled x3
-    assert png_size(out / "interpolation.png") == ((12 * 32 + 11 * 2) * 3, 32 * 3)
-    for i in range(1, 9):
+    # figures with titles and axes, the images 3 screen pixels per pixel
+    assert png_size(out / "manifold.png")[0] >= 11 * 32 * 3
+    assert png_size(out / "interpolation.png")[0] >= 12 * 32 * 3
+    shown = sorted(int(n[len("test-image-"):-4]) for n in names if n.startswith("test-image-"))
+    assert len(shown) == 8 and max(shown) < 160                     # test indices (--limit 160)
+    for i in shown:
         assert png_size(out / f"test-image-{i}.png") == (32, 32)
         assert png_size(out / f"reconstruction-{i}.png") == (32, 32)
 
@@ -272,7 +275,7 @@ def test_plot_mlp_two_dimensional_latent(mlp_run, tmp_path):
     msgs = []
     plot_run(out, epoch=2, backend="numpy", log=msgs.append)
     assert not msgs                                                  # 2-D latent: no projection
-    assert png_size(out / "manifold.png") == (11 * 28 * 3, 11 * 28 * 3)    # scaled x3
+    assert min(png_size(out / "manifold.png")) >= 11 * 28 * 3        # a figure, images x3
     assert png_size(out / "clustering.png")[0] > 300
     w, h = png_size(out / "test-vs-reconstruction.png")
     assert w > h > 2 * 28
