@@ -18,9 +18,10 @@ import os
 import signal
 import sys
 
-from minivae import __version__, bench, files, gradcheck, signals, statcheck
+from minivae import __version__, bench, files, gradcheck, signals, statcheck, threads
 from minivae.flags import (backend_arg, data_args, impl_arg, no_download_arg, non_negative_float,
-                           non_negative_int, positive_float, positive_int, saved_run_args, within)
+                           non_negative_int, positive_float, positive_int, saved_run_args,
+                           threads_arg, within)
 from minivae.backend import BackendError
 from minivae.config import DTYPES, RECON_FROM, SETTINGS, make_config
 from minivae.download import DATASETS, DownloadError, download, mirrors
@@ -124,6 +125,7 @@ def train_arguments(p):
                    help="epoch_<N>.png decodes a sampled z (sample, as the seeds do) or the "
                         "posterior mean (mean) (default: sample)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    threads_arg(p)
 
 
 def cmd_train(args):
@@ -264,6 +266,7 @@ def report_arguments(p):
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--epoch", type=positive_int, help="checkpoint to show (default: the newest)")
     backend_arg(p)
+    threads_arg(p)
     data_args(p)
     no_download_arg(p)
 
@@ -281,6 +284,7 @@ def cmd_report(args):
 
 def gradcheck_arguments(p):
     gradcheck.add_arguments(p)
+    threads_arg(p)
     p.add_argument("--statistical", action="store_true",
                    help="then the statistical checks (minivae.statcheck): KL against Monte "
                         "Carlo, the sampled std against each parametrisation, IWAE <= ELBO")
@@ -415,6 +419,8 @@ def _main(argv):
     except SystemExit as e:          # --help / --version
         return e.code if isinstance(e.code, int) else 0
     try:
+        if args.command in ("evaluate", "plot", "report", "gradcheck"):   # train: its config
+            threads.apply(args.threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
         files.remove_live()

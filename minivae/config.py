@@ -54,6 +54,7 @@ class Config:
     kl_warmup: int = 0
     recon_from: str = "sample"
     keep_checkpoints: Optional[int] = None  # None: keep every checkpoint
+    threads: Optional[int] = None           # BLAS threads; None: auto (minivae.threads)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -125,7 +126,7 @@ def check_config(cfg):
     one_of("dataset", DATASETS, "dataset")
     for key in ("epochs", "batch_size", "latent_dim", "hidden_dim", "sample_size", "log_every"):
         integer(key, 1)
-    for key in ("limit", "keep_checkpoints"):
+    for key in ("limit", "keep_checkpoints", "threads"):
         integer(key, 1, allow_none=True)
     if cfg.sample_size > MAX_SAMPLE_SIZE:
         raise TrainError(f"--sample-size must be at most {MAX_SAMPLE_SIZE} (a {MAX_SAMPLE_SIZE}x"

@@ -55,6 +55,12 @@ def impl_arg(p, default="auto"):
                         "self-check on the device, else plain (default: auto)")
 
 
+def threads_arg(p):
+    p.add_argument("--threads", type=number(int, 1, "a positive integer"), metavar="N",
+                   help="BLAS threads (default: auto, the cores less the processes already "
+                        "running: on a busy machine one thread is faster than two)")
+
+
 def data_args(p):
     p.add_argument("--data-dir", metavar="DIR",
                    help="download cache (default: $MINIVAE_DATA or ./data)")
@@ -75,6 +81,7 @@ def saved_run_args(p, limit_help):
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--epoch", type=positive_int, help="checkpoint to use (default: the newest)")
     backend_arg(p)
+    threads_arg(p)
     data_args(p)
     no_download_arg(p)
     p.add_argument("--limit", type=positive_int, metavar="N",

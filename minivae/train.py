@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from minivae import data, plots, signals
+from minivae import data, plots, signals, threads
 from minivae.backend import to_host
 from minivae.checkpoint import save_checkpoint
 from minivae.config import check_config
@@ -89,6 +89,10 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
     verbose:  say why --backend auto picked the backend it did.
     """
     check_config(cfg)
+    n, why = threads.apply(cfg.threads)
+    cfg = dataclasses.replace(cfg, threads=n)     # saved with the run: --resume uses it again
+    log(f"minivae: {cfg.model} VAE on {cfg.dataset} into {cfg.out}: {n} BLAS "
+        f"thread{'s' * (n != 1)} ({why})")
     if cfg.data_dir is not None:          # config.json names the folder wherever it is read
         cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).resolve()))
     existed = Path(cfg.out).is_dir()

@@ -12,6 +12,7 @@ The GPU path without a GPU:
                       the GPU tests run instead). standin_env() puts it on a subprocess's path.
 """
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,6 +23,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data"
 STANDIN = ROOT / "tests" / "standin"
+
+# BLAS results depend on the thread count at float rounding, and minivae's default count depends
+# on how busy the machine is (minivae.threads): the tests, which compare fresh runs bit for bit,
+# run with one thread, in this process and in every minivae they start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # The benchmark scripts (benchmarks/, not part of the installed package) are imported by their
 # tests, and the PyTorch twin in benchmarks/twin.py by the parity tests.

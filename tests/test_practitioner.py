@@ -207,3 +207,36 @@ def test_loss_png_marks_the_warm_up():
     assert warmup_epochs(rows) == ([1, 2], 1.0)
     assert warmup_epochs([{"epoch": 1, "beta": 1.0}]) == ([], 1.0)
     assert warmup_epochs([{"epoch": 1}]) == ([], None)                 # a run saved before β
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+def test_threads_default_to_the_cores_the_machine_leaves_free(monkeypatch):
+    from minivae import threads
+
+    for name in threads.ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    monkeypatch.setattr(threads, "others_running", lambda: 0)
+    assert threads.choose() == (4, "auto: 4 cores, 0 other processes running")
+    monkeypatch.setattr(threads, "others_running", lambda: 3)
+    assert threads.choose()[0] == 1
+    monkeypatch.setattr(threads, "others_running", lambda: 9)
+    assert threads.choose()[0] == 1                                    # at least one
+    assert threads.choose(3) == (3, "--threads 3")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    assert threads.choose() == (2, "OPENBLAS_NUM_THREADS=2")
+
+
+def test_train_says_its_threads_first_and_saves_them(capsys, tmp_path, synthetic_data_dir):
+    rc, out, _ = run_cli(capsys, "train", "--model", "mlp", "--limit", "64", "--epochs", "1",
+                         "--out", tmp_path / "r", "--data-dir", synthetic_data_dir, *TINY,
+                         "--threads", "2")
+    assert rc == 0 and out.splitlines()[0].endswith(": 2 BLAS threads (--threads 2)")
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["threads"] == 2
+    rc, out, _ = run_cli(capsys, "train", "--resume", "--out", tmp_path / "r", "--epochs", "2",
+                         "--no-progress")
+    assert rc == 0 and ": 2 BLAS threads" in out.splitlines()[0]      # the run's own count
+    for command in ("evaluate", "plot", "report", "gradcheck"):
+        rc, out, _ = run_cli(capsys, command, "--help")
+        assert rc == 0 and "--threads N" in out
