@@ -36,7 +36,7 @@ import numpy as np
 
 from minivae.backend import backend_name, get_backend
 from minivae.data import num_batches, to_float
-from minivae.flags import backend_arg, impl_arg, non_negative_int, positive_int
+from minivae.flags import backend_arg, impl_arg, non_negative_int, positive_int, seed_defaults
 from minivae.download import DATASETS, FILES
 from minivae.models import MODELS
 from minivae.tiers import build_model, make_adam, tier_of
@@ -57,9 +57,7 @@ def add_arguments(p):
     backend_arg(p, default="numpy")
     impl_arg(p)
     p.add_argument("--batch-size", type=positive_int,
-                   help="default: the seed's (" + ", ".join(
-                       f"{spec.defaults['batch_size']} for {name}"
-                       for name, spec in MODELS.items()) + ")")
+                   help=f"default: the seed's ({seed_defaults('batch_size')})")
     p.add_argument("--steps", type=positive_int, default=50,
                    help="timed steps per model (default: %(default)s)")
     p.add_argument("--warmup", type=non_negative_int, default=5,

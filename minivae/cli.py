@@ -21,7 +21,7 @@ import sys
 from minivae import __version__, bench, files, gradcheck, signals, statcheck, threads
 from minivae.flags import (backend_arg, data_args, impl_arg, no_download_arg, non_negative_float,
                            non_negative_int, positive_float, positive_int, saved_run_args,
-                           threads_arg, within)
+                           seed_defaults, threads_arg, within)
 from minivae.backend import BackendError
 from minivae.config import DTYPES, RECON_FROM, SETTINGS, make_config
 from minivae.download import DATASETS, DownloadError, download, mirrors
@@ -85,18 +85,15 @@ def train_arguments(p):
     impl_arg(p, default=None)
     p.add_argument("--epochs", type=positive_int, help="number of epochs to train up to")
     p.add_argument("--batch-size", type=positive_int,
-                   help="images per training step (default: the seed's, " + ", ".join(
-                       f"{spec.defaults['batch_size']} for {name}"
-                       for name, spec in MODELS.items()) + ")")
+                   help=f"images per training step (default: the seed's, "
+                        f"{seed_defaults('batch_size')})")
     p.add_argument("--lr", type=positive_float, help="Adam learning rate")
     p.add_argument("--beta", type=non_negative_float, help="weight of the KL term (default 1)")
     p.add_argument("--weight-decay", type=non_negative_float, metavar="LAMBDA",
                    help="weight of the L2 penalty LAMBDA * sum of squared parameters, added to "
                         "the loss (not AdamW's decoupled decay) (default 0.01)")
     p.add_argument("--latent-dim", type=positive_int,
-                   help="dimensions of z (default: the seed's, " + ", ".join(
-                       f"{spec.defaults['latent_dim']} for {name}"
-                       for name, spec in MODELS.items()) + ")")
+                   help=f"dimensions of z (default: the seed's, {seed_defaults('latent_dim')})")
     p.add_argument("--hidden-dim", type=positive_int, help="width of the dense layers")
     p.add_argument("--seed", type=non_negative_int, help="random seed (default 0)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: output/<model>-<dataset>)")
@@ -263,16 +260,11 @@ def _mention_report(run):
 # -- report ---------------------------------------------------------------------------------
 
 def report_arguments(p):
-    p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--epoch", type=positive_int, help="checkpoint to show (default: the newest)")
-    backend_arg(p)
-    threads_arg(p)
-    data_args(p)
-    no_download_arg(p)
+    saved_run_args(p, "use the first N test images")
 
 
 def cmd_report(args):
-    path = write_report(args.run, epoch=args.epoch, backend=args.backend,
+    path = write_report(args.run, epoch=args.epoch, backend=args.backend, limit=args.limit,
                         data_dir=args.data_dir, mirrors=args.mirror,
                         download=False if args.no_download else None, log=_err,
                         verbose=args.verbose)

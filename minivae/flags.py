@@ -5,6 +5,7 @@ import argparse
 import math
 
 from minivae.backend import BACKENDS
+from minivae.models import MODELS
 from minivae.tiers import IMPLS
 
 
@@ -55,6 +56,11 @@ def impl_arg(p, default="auto"):
                         "self-check on the device, else plain (default: auto)")
 
 
+def seed_defaults(key):
+    """"128 for mlp, 64 for conv": a setting's seed default for each model, for help texts."""
+    return ", ".join(f"{spec.defaults[key]} for {name}" for name, spec in MODELS.items())
+
+
 def threads_arg(p):
     p.add_argument("--threads", type=number(int, 1, "a positive integer"), metavar="N",
                    help="BLAS threads (default: auto, the cores less the processes already "
@@ -77,7 +83,7 @@ def no_download_arg(p):
 
 
 def saved_run_args(p, limit_help):
-    """The flags of the sub-commands that load a saved run (evaluate, plot)."""
+    """The flags of the sub-commands that load a saved run (evaluate, plot, report)."""
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--epoch", type=positive_int, help="checkpoint to use (default: the newest)")
     backend_arg(p)

@@ -202,14 +202,14 @@ def render(data):
     return page
 
 
-def write_report(run_dir, epoch=None, backend="auto", data_dir=None, mirrors=None,
+def write_report(run_dir, epoch=None, backend="auto", limit=None, data_dir=None, mirrors=None,
                  download=None, log=None, verbose=False):
     """Write RUN/report.html for checkpoint `epoch` (default: the newest); returns its path.
     Nothing is written when anything fails first (the folder is checked to be writable)."""
     run = RunFolder(run_dir)
     model, cfg, ckpt = load_run(run_dir, epoch, backend, log=log, verbose=verbose)
     cfg = cfg.replace(data_dir=data_dir, mirrors=mirrors or None, download=download)
-    images, labels = data.load_for(cfg, "test", cfg.limit)
+    images, labels = data.load_for(cfg, "test", limit if limit is not None else cfg.limit)
     with np.errstate(all="ignore"):
         page = render(report_data(model, cfg, ckpt, run, images, labels))
     path = run.file(REPORT)
