@@ -5,8 +5,8 @@ make a conv epoch 1.3x faster than one; beside one busy process they fight it fo
 the epoch takes 2.5x as long as with one thread (`minivae train --model conv --limit 3200`, 2
 cores: 0.86 s and 1.13 s an epoch alone with 2 and 1 threads; 3.19 s and 1.28 s beside
 `python -c 'while True: pass'`). So the default, "auto", takes the cores this process may run on
-less the processes running on the machine right now (the kernel's count in /proc/loadavg, else
-the one-minute load average), and at least one. `--threads N` sets it; so do the thread-count
+less the processes running on the machine right now (the kernel's count in /proc/loadavg, the
+fewest of five looks 10 ms apart; else the one-minute load average), and at least one. `--threads N` sets it; so do the thread-count
 variables (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS) when set.
 
 OpenBLAS's results depend on its thread count at float rounding, so `minivae train` resolves the
@@ -15,6 +15,7 @@ continues bit for bit; two fresh runs are identical when they have the same coun
 """
 
 import os
+import time
 
 
 def usable_cores():
@@ -24,12 +25,30 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
-def others_running():
-    """Processes running on the machine now, besides this one."""
+def _own_running():
+    """This process's threads that are running now (its BLAS threads spin right after start)."""
+    running = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                running += f.read().rsplit(") ", 1)[1].startswith("R")
+        except (OSError, IndexError):
+            continue
+    return running
+
+
+def others_running(samples=5, interval=0.01):
+    """Threads of other processes running on the machine now: the fewest of a few looks at the
+    kernel's count 10 ms apart, less this process's own (a process that runs for a moment is
+    not a busy one)."""
     try:
-        with open("/proc/loadavg") as f:
-            running = int(f.read().split()[3].split("/")[0])
-        return max(0, running - 1)
+        counts = []
+        for k in range(samples):
+            if k:
+                time.sleep(interval)
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - _own_running())
+        return max(0, min(counts))
     except (OSError, ValueError, IndexError):
         try:
             return round(os.getloadavg()[0])

@@ -240,3 +240,11 @@ def test_train_says_its_threads_first_and_saves_them(capsys, tmp_path, synthetic
     for command in ("evaluate", "plot", "report", "gradcheck"):
         rc, out, _ = run_cli(capsys, command, "--help")
         assert rc == 0 and "--threads N" in out
+
+
+def test_the_busy_count_leaves_out_this_process_and_passing_processes():
+    """This process's own threads (OpenBLAS's spin right after start) are not other work."""
+    from minivae import threads
+
+    assert threads.others_running() >= 0
+    assert threads._own_running() >= 1                              # this thread, running
