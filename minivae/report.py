@@ -133,10 +133,15 @@ def svg_chart(series, xlabel, ylabel, title, bars=False, width=460, height=260):
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
     y0, y1 = min(0.0, min(p[1] for p in points)), max(p[1] for p in points)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-    L, R, T, B = 62, 12, 26, 40
-    sx = lambda x: L + (x - x0) / (x1 - x0) * (width - L - R) if not bars else \
-        L + (x - x0 + 0.5) / (x1 - x0 + 1) * (width - L - R)               # noqa: E731
-    sy = lambda y: height - B - (y - y0) / (y1 - y0) * (height - T - B)    # noqa: E731
+    L, R, T, B = 62, 12, 26, 40                     # margins: left, right, top, bottom
+
+    def sx(x):                                      # data x -> SVG x (bars: centred in a slot)
+        if bars:
+            return L + (x - x0 + 0.5) / (x1 - x0 + 1) * (width - L - R)
+        return L + (x - x0) / (x1 - x0) * (width - L - R)
+
+    def sy(y):
+        return height - B - (y - y0) / (y1 - y0) * (height - T - B)
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
            f'aria-label="{html.escape(title)}">',
            f'<text x="{width / 2}" y="16" text-anchor="middle" class="t">{html.escape(title)}'
@@ -205,7 +210,7 @@ def render(data):
 def write_report(run_dir, epoch=None, backend="auto", limit=None, data_dir=None, mirrors=None,
                  download=None, log=None, verbose=False):
     """Write RUN/report.html for checkpoint `epoch` (default: the newest); returns its path.
-    Nothing is written when anything fails first (the folder is checked to be writable)."""
+    The page is written last, atomically: when anything fails, nothing is written."""
     run = RunFolder(run_dir)
     model, cfg, ckpt = load_run(run_dir, epoch, backend, log=log, verbose=verbose)
     cfg = cfg.replace(data_dir=data_dir, mirrors=mirrors or None, download=download)
@@ -215,8 +220,10 @@ def write_report(run_dir, epoch=None, backend="auto", limit=None, data_dir=None,
     path = run.file(REPORT)
     try:
         files.write_text(path, page)
-    except PermissionError as e:
-        raise TrainError(f"cannot write {path}: {e.strerror}") from None
+    except files.DiskFull:
+        raise
+    except OSError as e:                  # named as the page, not as its temporary file
+        raise TrainError(f"cannot write {path}: {e.strerror or e}") from None
     return path
 
 
