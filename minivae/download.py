@@ -26,67 +26,59 @@ FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 SPLITS = {"train": FILES[0:2], "test": FILES[2:4]}
 
 
-def _spec(size, md5, sha256, raw_sha256, shape):
-    return {"size": size, "md5": md5, "sha256": sha256, "raw_sha256": raw_sha256, "shape": shape}
-
-
-# From DESIGN.md ("Data"). size/md5/sha256 describe the canonical .gz; raw_sha256 the decompressed
-# IDX (lets recompressing mirrors such as Debian's through); shape is what the header must declare.
-DATASETS = {
-    "mnist": {
-        "mirrors": [
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "https://storage.googleapis.com/cvdf-datasets/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
-        ],
-        "files": {
-            "train-images-idx3-ubyte.gz": _spec(
-                9912422, "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-                (60000, 28, 28)),
-            "train-labels-idx1-ubyte.gz": _spec(
-                28881, "d53e105ee54ea40749a09fcbcd1e9432",
-                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", (60000,)),
-            "t10k-images-idx3-ubyte.gz": _spec(
-                1648877, "9fb629c4189551a2d022fa330f9573f3",
-                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-                (10000, 28, 28)),
-            "t10k-labels-idx1-ubyte.gz": _spec(
-                4542, "ec29112dd5afa0611ce80d1b7f02629c",
-                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", (10000,)),
-        },
-    },
-    "fashion-mnist": {
-        "mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                    # the dataset's own repository serves the same files
-                    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/"
-                    "data/fashion/"],
-        "files": {
-            "train-images-idx3-ubyte.gz": _spec(
-                26421880, "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-                (60000, 28, 28)),
-            "train-labels-idx1-ubyte.gz": _spec(
-                29515, "25c81989df183df01b3e8a0aad5dffbe",
-                "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", (60000,)),
-            "t10k-images-idx3-ubyte.gz": _spec(
-                4422102, "bef4ecab320f06d8554ea6380940ec79",
-                "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-                (10000, 28, 28)),
-            "t10k-labels-idx1-ubyte.gz": _spec(
-                5148, "bb300cfdad3c16e7a12a480ee83cd310",
-                "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", (10000,)),
-        },
-    },
+# From DESIGN.md ("Data"), one line per file: dataset, file, size, md5 and sha256 of the canonical
+# .gz, sha256 of the decompressed IDX (lets recompressing mirrors such as Debian's through), and
+# the shape its header must declare.
+FILE_TABLE = """
+mnist train-images-idx3-ubyte.gz 9912422 f68b3c2dcbeaaa9fbdd348bbdeb94873
+  440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609
+  ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db 60000x28x28
+mnist train-labels-idx1-ubyte.gz 28881 d53e105ee54ea40749a09fcbcd1e9432
+  3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c
+  65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5 60000
+mnist t10k-images-idx3-ubyte.gz 1648877 9fb629c4189551a2d022fa330f9573f3
+  8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6
+  0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7 10000x28x28
+mnist t10k-labels-idx1-ubyte.gz 4542 ec29112dd5afa0611ce80d1b7f02629c
+  f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6
+  ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2 10000
+fashion-mnist train-images-idx3-ubyte.gz 26421880 8d4fb7e6c68d591d4c3dfef9ec88bf0d
+  3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84
+  c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888 60000x28x28
+fashion-mnist train-labels-idx1-ubyte.gz 29515 25c81989df183df01b3e8a0aad5dffbe
+  a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845
+  bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9 60000
+fashion-mnist t10k-images-idx3-ubyte.gz 4422102 bef4ecab320f06d8554ea6380940ec79
+  346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073
+  5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b 10000x28x28
+fashion-mnist t10k-labels-idx1-ubyte.gz 5148 bb300cfdad3c16e7a12a480ee83cd310
+  67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5
+  0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34 10000
+"""
+MIRRORS = {
+    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
+              "https://storage.googleapis.com/cvdf-datasets/mnist/",
+              "http://yann.lecun.com/exdb/mnist/"],
+    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                      # the dataset's own repository serves the same files
+                      "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/"
+                      "data/fashion/"],
 }
+
+
+def _datasets(table, mirrors):
+    """{dataset: {"mirrors": [...], "files": {file: {size, md5, sha256, raw_sha256, shape}}}}."""
+    out = {name: {"mirrors": list(urls), "files": {}} for name, urls in mirrors.items()}
+    words = table.split()
+    for k in range(0, len(words), 7):
+        dataset, fname, size, md5, sha256, raw_sha256, shape = words[k:k + 7]
+        out[dataset]["files"][fname] = {
+            "size": int(size), "md5": md5, "sha256": sha256, "raw_sha256": raw_sha256,
+            "shape": tuple(int(d) for d in shape.split("x"))}
+    return out
+
+
+DATASETS = _datasets(FILE_TABLE, MIRRORS)
 
 # Debian/Ubuntu's `dataset-fashion-mnist` package (recompressed files; raw hashes match).
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist/"
