@@ -1,7 +1,7 @@
 """The checkpoint file: everything needed to continue a run after an epoch.
 
-A checkpoint, checkpoints/model-<N>.npz in a run folder (minivae.run), holds everything needed to continue after epoch N, as
-plain arrays and JSON strings only (read back with allow_pickle=False)::
+A checkpoint, checkpoints/model-<N>.npz in a run folder (minivae.run), holds everything needed to
+continue after epoch N, as plain arrays and JSON strings only (read back with allow_pickle=False)::
 
     format        "minivae-checkpoint-1"
     epoch         N

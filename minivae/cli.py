@@ -67,7 +67,8 @@ def _err(msg):
 
 # -- train ----------------------------------------------------------------------------------
 
-TRAIN_DESCRIPTION = ("Train a VAE. Unset flags take the seed's defaults for the model: " + "; ".join(
+TRAIN_DESCRIPTION = ("Train a VAE. Unset flags take the seed's defaults for the model: "
+                     + "; ".join(
     f"{name} -> " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in spec.defaults.items())
     for name, spec in MODELS.items()) + ".")
 

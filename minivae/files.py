@@ -198,3 +198,13 @@ def write_bytes(path, data):
 def write_text(path, text):
     """Write `text` as UTF-8 to `path` atomically (newlines as given); returns the path."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable(folder):
+    """Create `folder` (and its parents) and write and remove a probe file there; the OSError
+    of whichever step fails."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()

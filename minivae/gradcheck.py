@@ -26,9 +26,9 @@ coordinate (or direction) is drawn again, and the table counts those redrawn. Ev
 in a check (data, upstream gradients, coordinates, directions) comes from `--seed`.
 
 Every check runs in one tier of the engine (--impl: the plain layers, or a tier's twins:
-minivae.tiers; the default is the tier the models use on the backend). A single layer is checked through a one-layer Sequential of its
-tier, which in the fast tier turns NCHW images batch-last and back, so both tiers are checked on
-the same NCHW inputs.
+minivae.tiers; the default is the tier the models use on the backend). A single layer is checked
+through a one-layer Sequential of its tier, which in the fast tier turns NCHW images batch-last and
+back, so both tiers are checked on the same NCHW inputs.
 
 The same functions serve `pytest tests/test_gradcheck.py` and `minivae gradcheck`.
 """

@@ -20,7 +20,6 @@ Every file is written to a temporary name and renamed into place (minivae.files)
 import csv
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -198,9 +197,7 @@ class RunFolder:
         created = [p for p in (*reversed(ck.parents), ck) if not p.exists()]
         try:
             ck.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            files.check_writable(self.path)
         except OSError as e:
             raise TrainError(f"cannot write to output folder {self.path}: "
                              f"{e.strerror or type(e).__name__}") from None
@@ -242,10 +239,7 @@ def resume_config(given):
     settings = resume_settings(saved, given, out)
     try:
         return make_config(**settings), None
-    except (TrainError, TypeError) as e:
-        if any(key in given and given[key] == settings.get(key) for key in SETTINGS
-               if str(settings.get(key)) in str(e)):
-            raise                           # the command line's own value is the bad one
+    except (TrainError, TypeError) as e:     # the flags were checked as they were parsed
         config = RunFolder(out).file(CONFIG)
         source = config if config.is_file() else f"the newest checkpoint of {out}"
         raise TrainError(f"{source}: {e}") from None

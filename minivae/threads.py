@@ -1,13 +1,14 @@
 """How many threads the BLAS library (and any other pool NumPy or PyTorch brought) may use.
 
 OpenBLAS's threads spin while they wait for work. Alone on the machine, two threads on two cores
-make a conv epoch 1.3x faster than one; beside one busy process they fight it for the cores and
-the epoch takes 2.5x as long as with one thread (`minivae train --model conv --limit 3200`, 2
-cores: 0.86 s and 1.13 s an epoch alone with 2 and 1 threads; 3.19 s and 1.28 s beside
+make a conv epoch 1.3x faster than one; beside one busy process they fight it for the cores and the
+epoch takes 2.5x as long as with one thread (`minivae train --model conv --limit 3200`, 2 cores:
+0.86 s and 1.13 s an epoch alone with 2 and 1 threads; 3.19 s and 1.28 s beside
 `python -c 'while True: pass'`). So the default, "auto", takes the cores this process may run on
 less the processes running on the machine right now (the kernel's count in /proc/loadavg, the
-fewest of five looks 10 ms apart; else the one-minute load average), and at least one. `--threads N` sets it; so do the thread-count
-variables (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS) when set.
+fewest of five looks 10 ms apart; else the one-minute load average), and at least one.
+`--threads N` sets it; so do the thread-count variables (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
+MKL_NUM_THREADS) when set.
 
 OpenBLAS's results depend on its thread count at float rounding, so `minivae train` resolves the
 count once when a run starts and saves it with the run's settings: --resume uses it again and

@@ -108,7 +108,8 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
             _evaluate_epoch(run, epoch, row)
             history.append(row)
             _save_epoch(run, epoch, history, grid)
-            warming = f", KL weight β {row['beta']:.3g} (warm-up)" if row["beta"] < cfg.beta else ""
+            warming = (f", KL weight β {row['beta']:.3g} (warm-up)" if row["beta"] < cfg.beta
+                       else "")
             log(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} (recon "
                 f"{row['train_recon']:.4f}, kl {row['train_kl']:.4f}, reg {row['train_reg']:.4f})"
                 f"{warming}, test -ELBO {row['test_neg_elbo']:.4f}, active units "

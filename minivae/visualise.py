@@ -20,7 +20,6 @@ neighbour) to be readable. --out writes them into another folder (a read-only ru
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -92,10 +91,7 @@ def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, m
 def _check_writable(folder, is_run):
     """Make the folder; TrainError naming it (not a temporary file) when it cannot be written."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        files.check_writable(folder)
     except OSError as e:
         hint = "; give another folder with --out" if is_run else ""
         raise TrainError(f"cannot write pictures into {folder}: {e.strerror or e}{hint}") \

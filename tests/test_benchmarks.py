@@ -1,5 +1,6 @@
 """benchmarks/: the shared harness (harness.py), the A/B race (ab.py) and the PyTorch twin
-(twin.py); the epoch benchmark has tests/test_epoch_bench.py, the GPU check tests/test_gpu_check.py."""
+(twin.py); the epoch benchmark has tests/test_epoch_bench.py, the GPU check
+tests/test_gpu_check.py."""
 
 import sys
 from pathlib import Path

@@ -134,7 +134,9 @@ PROBE_TAIL = """<script>
   try {
     await window.minivae.ready;
     const t0 = performance.now();
-    for (const z of %s) out.decodes.push(Array.from(await window.minivae.decode(Float32Array.from(z))));
+    for (const z of %s) {
+      out.decodes.push(Array.from(await window.minivae.decode(Float32Array.from(z))));
+    }
     out.ms = (performance.now() - t0) / Math.max(1, out.decodes.length);
     out.api = [window.minivae.latentDim, window.minivae.height, window.minivae.width];
   } catch (e) { out.errors.push(String(e)); }

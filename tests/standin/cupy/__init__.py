@@ -501,15 +501,10 @@ def _get_elapsed_time(start, end):
     return (end.time - start.time) * 1e3
 
 
-class _Device:
-    def __init__(self, device=0):
-        self.id = device
-        self.compute_capability = "90"
+class _Context:
+    """What a device and a stream offer the program: synchronize, and `with`."""
 
     def synchronize(self):
-        pass
-
-    def use(self):
         pass
 
     def __enter__(self):
@@ -517,6 +512,15 @@ class _Device:
 
     def __exit__(self, *exc):
         return False
+
+
+class _Device(_Context):
+    def __init__(self, device=0):
+        self.id = device
+        self.compute_capability = "90"
+
+    def use(self):
+        pass
 
 
 class _MemoryPool:
@@ -541,18 +545,9 @@ def get_default_pinned_memory_pool():
     return _pool
 
 
-class _Stream:
+class _Stream(_Context):
     def __init__(self, *args, **kwargs):
         pass
-
-    def synchronize(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 _Stream.null = _Stream()
