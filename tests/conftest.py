@@ -12,6 +12,7 @@ The GPU path without a GPU:
                       the GPU tests run instead). standin_env() puts it on a subprocess's path.
 """
 
+import contextlib
 import os
 import shutil
 import sys
@@ -97,11 +98,10 @@ def real_gpu_usable():
     return cupy_status()[0] is not None
 
 
-@pytest.fixture
-def standin():
-    """The CuPy stand-in as `cupy` (and `cupyx`) for the duration of one test."""
-    if real_gpu_usable():
-        pytest.skip("CuPy has a usable GPU here: the stand-in is for machines without one")
+@contextlib.contextmanager
+def standin_modules():
+    """The CuPy stand-in imported as `cupy` (and `cupyx`) inside the block; whatever `cupy` was
+    imported before (real CuPy, or none) is put back after it."""
     saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in
              ("cupy", "cupyx")}
     sys.path.insert(0, str(STANDIN))
@@ -115,6 +115,15 @@ def standin():
         for k in [k for k in sys.modules if k.split(".")[0] in ("cupy", "cupyx")]:
             del sys.modules[k]
         sys.modules.update(saved)
+
+
+@pytest.fixture
+def standin():
+    """The CuPy stand-in as `cupy` (and `cupyx`) for the duration of one test."""
+    if real_gpu_usable():
+        pytest.skip("CuPy has a usable GPU here: the stand-in is for machines without one")
+    with standin_modules() as cupy:
+        yield cupy
 
 
 def standin_env(environ=None):

@@ -35,5 +35,5 @@ class Adam(optim.Adam):
         """Update every parameter in place from the model's flat gradient buffer."""
         self.t += 1
         kernels.adam_step(self.model.flat_params, self.model.flat_grads, self.m_flat,
-                          self.v_flat, self.b1, self.b2, 1 - self.b1 ** self.t,
-                          1 - self.b2 ** self.t, self.lr, self.eps)
+                          self.v_flat, self.b1, self.b2, 1 - self.b1, 1 - self.b2,
+                          1 - self.b1 ** self.t, 1 - self.b2 ** self.t, self.lr, self.eps)

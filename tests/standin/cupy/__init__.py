@@ -16,7 +16,9 @@ Put tests/standin first on sys.path (PYTHONPATH for a subprocess) where real CuP
   memory pool, cupyx.scatter_add, cupy.lib.stride_tricks.as_strided.
 
 `cupy.standin` counts kernel launches (every operation that makes or writes numbers: not a view,
-not an `empty`; a fused call counts one), device-to-host reads and host-to-device uploads:
+not an `empty`; as many as CuPy's own code launches for the call: tests/standin/cupy/_launches.py
+has the rules, each naming the CuPy source it follows), device-to-host reads and host-to-device
+uploads:
 
     cupy.standin.reset(); step(); cupy.standin.launches, cupy.standin.reads, cupy.standin.uploads
 """
@@ -25,7 +27,9 @@ import builtins as _builtins
 
 import numpy as _np
 
-__version__ = "13.0.0+standin"
+from cupy import _launches
+
+__version__ = "14.2.0+standin"
 
 
 class _Counters:
@@ -35,6 +39,8 @@ class _Counters:
         self.reset()
         self.fusing = 0          # > 0 while a fused function's body runs
         self.log = None          # a list to append (kind, what) to, when tracing
+        self.fused_calls = None  # a list to append (function, arguments) of fused calls to
+        self.reductions = []     # (array, axis) of the reductions in the fused body running
 
     def reset(self):
         self.launches = self.reads = self.uploads = 0
@@ -42,11 +48,11 @@ class _Counters:
     def counts(self):
         return {"launches": self.launches, "reads": self.reads, "uploads": self.uploads}
 
-    def launch(self, what):
+    def launch(self, what, count=1):
         if not self.fusing:
-            self.launches += 1
+            self.launches += count
             if self.log is not None:
-                self.log.append(("launch", what))
+                self.log.extend([("launch", what)] * count)
 
     def read(self, what):
         if self.fusing:
@@ -108,14 +114,35 @@ def _flat_arrays(values):
             yield from _flat_arrays(v)
 
 
+def _reduction_count(a, axis=None, dtype=None, out=None, *rest, **kwargs):
+    return _launches.reduction_other(a, axis, out)
+
+
+# name -> the number of launches CuPy makes for the call, from its unwrapped arguments
+_RULES = {
+    "matmul": lambda a, b, out=None, **k: _launches.matmul(a, b, out),
+    "dot": lambda a, b, out=None: _launches.dot(a, b, out),
+    "sum": lambda a, axis=None, dtype=None, out=None, *r, **k:
+        _launches.reduction_sum(a, axis, out),
+    "concatenate": lambda arrays, *a, **k: _launches.concatenate(arrays),
+    "take": lambda a, indices, *r, **k: _launches.take(a, indices),
+    **{name: _reduction_count for name in ("prod", "amax", "amin", "max", "min", "mean", "var",
+                                           "std", "all", "any", "argmax", "argmin")},
+}
+
+
 def _apply(fn, name, args, kwargs, views=False):
-    """Run NumPy's fn on unwrapped arguments, count a launch unless it made a view, wrap."""
+    """Run NumPy's fn on unwrapped arguments, count CuPy's launches for the call unless it made
+    a view, wrap. Inside a fused body a reduction is noted for the kernel's count."""
     a = _unwrap(args)
     k = {key: _unwrap(v) for key, v in kwargs.items()}
     result = fn(*a, **k)
     inputs = list(_flat_arrays(a)) + list(_flat_arrays(k.values()))
+    if standin.fusing and name in _FUSABLE_REDUCTIONS:
+        standin.reductions.append((a[0], k.get("axis", a[1] if len(a) > 1 else None)))
     if not (views and _is_view(result, inputs)):
-        standin.launch(name)
+        rule = _RULES.get(name)
+        standin.launch(name, 1 if rule is None or standin.fusing else rule(*a, **k))
     return _wrap(result)
 
 
@@ -404,21 +431,49 @@ class _FusionError(TypeError):
 def fuse(*args, **kwargs):
     """@cupy.fuse() (or @cupy.fuse): the decorated function runs as one kernel.
 
-    Its body may use operators (in-place ones too: `x += y` writes x), the ufuncs, `where`,
-    astype, copy, and reductions (sum, prod, max, min, all, any; as cupy functions or methods),
-    as CuPy's fusion tests exercise them; nothing that reads to the host, indexes, reshapes or
-    allocates. The stand-in runs the body with NumPy, counts one launch, and raises TypeError
-    for anything else it tries."""
+    Its body may use operators (in-place ones too: `x += y` writes x; `x[...] = y` too), the
+    ufuncs, `where`, astype, copy, and one reduction (cupy.sum, prod, max, min, all, any: as
+    functions, the tracer's variables have no such methods), as CuPy's fusion
+    (cupy/_core/fusion.pyx) traces them; nothing that
+    reads to the host, indexes, reshapes or allocates. The stand-in runs the body with NumPy and
+    keeps CuPy's rules where they differ from calling the body:
+    * positional arguments only (`Fusion.__call__(self, *args)`): a keyword is a TypeError;
+    * one reduction (`_FusionHistory.set_reduce_op` asserts there is none yet; CuPy then falls
+      back to its experimental new fusion, which this project does not use): a second raises;
+    * every returned value is an output array of its own (`get_fusion` gives each a fresh output
+      parameter): one array returned twice, or an argument returned, comes back as copies;
+    * launches: one, or for a body with a reduction what the reduction kernel launches
+      (_launches.reduction_kernel, with every argument an input of the kernel).
+    standin.fused_calls, when a list, receives (function, arguments) of every call."""
     def decorate(fn):
         def fused(*call_args, **call_kwargs):
-            for a in list(call_args) + list(call_kwargs.values()):
+            if call_kwargs:
+                raise TypeError(f"__call__() got an unexpected keyword argument "
+                                f"'{next(iter(call_kwargs))}' (a fused function takes "
+                                f"positional arguments only)")
+            for a in call_args:
                 _mixing(a)
-            standin.launch(f"fuse:{fn.__name__}")
+            if standin.fused_calls is not None:
+                standin.fused_calls.append((fn, call_args))
             standin.fusing += 1
+            standin.reductions = []
             try:
-                return fn(*call_args, **call_kwargs)
+                result = fn(*call_args)
+                if len(standin.reductions) > 1:
+                    raise _FusionError(f"{fn.__name__}: cupy.fuse traces one reduction per "
+                                       f"kernel, this body has {len(standin.reductions)}")
             finally:
                 standin.fusing -= 1
+            reductions, standin.reductions = standin.reductions, []
+            if reductions:
+                arrays = [_unwrap(a) for a in call_args if a is not None]
+                first = next(a for a in arrays if isinstance(a, _np.ndarray))
+                standin.launch(f"fuse:{fn.__name__}", _launches.reduction_kernel(
+                    _np.broadcast_to(first, reductions[0][0].shape),
+                    _launches._axes(reductions[0][1], reductions[0][0].ndim), len(arrays)))
+            else:
+                standin.launch(f"fuse:{fn.__name__}")
+            return _own_outputs(result, call_args)
         fused.__name__ = fn.__name__
         fused.__doc__ = fn.__doc__
         fused.__wrapped__ = fn
@@ -427,6 +482,23 @@ def fuse(*args, **kwargs):
     if len(args) == 1 and callable(args[0]) and not kwargs:
         return decorate(args[0])
     return decorate
+
+
+def _own_outputs(result, inputs):
+    """A fused kernel's outputs: each returned array its own (copied where the body returned an
+    argument, or one array twice)."""
+    if result is None:
+        return None
+    single = not isinstance(result, tuple)
+    seen = [_unwrap(a) for a in inputs if isinstance(a, ndarray)]
+    outputs = []
+    for value in ((result,) if single else result):
+        if isinstance(value, ndarray):
+            if _builtins.any(value._a is s for s in seen):
+                value = ndarray(value._a.copy())
+            seen.append(value._a)
+        outputs.append(value)
+    return outputs[0] if single else tuple(outputs)
 
 
 def _guard_fusion(name):
@@ -447,18 +519,46 @@ for _name in sorted(_FUNCTIONS | {"asarray", "array", "empty", "zeros", "ones", 
     _guard_fusion(_name)
 
 
+class _AtUfunc:
+    """A ufunc with .at (cupy.add.at): unbuffered in place, repeated indices each applied."""
+
+    def __init__(self, call, ufunc):
+        self._call, self._ufunc = call, ufunc
+        self.__name__ = ufunc.__name__
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+    def at(self, a, indices, b=None):
+        if not isinstance(a, ndarray):
+            _mixing(a)
+            raise TypeError(f"{self.__name__}.at takes a cupy.ndarray")
+        if standin.fusing:
+            raise _FusionError(f"cupy.{self.__name__}.at cannot be used inside a fused function")
+        values = _unwrap(b)
+        self._ufunc.at(a._a, _unwrap(indices), values)
+        standin.launch(f"{self.__name__}.at", _launches.add_at(a._a, indices, values))
+
+
+add = _AtUfunc(add, _np.add)
+
+
 def _guard_method(name):
     method = getattr(ndarray, name)
 
     def guarded(self, *args, **kwargs):
-        if standin.fusing:
+        whole = name == "__setitem__" and (args[0] is Ellipsis or args[0] == slice(None))
+        if standin.fusing and not whole:      # fusion.pyx: `x[...] = y` and `x[:] = y` only
             raise _FusionError(f"ndarray.{name} cannot be used inside a fused function")
         return method(self, *args, **kwargs)
     guarded.__name__ = name
     setattr(ndarray, name, guarded)
 
 
-for _name in ("__getitem__", "__setitem__", "reshape", "transpose", "ravel", "fill", "flatten",
+# CuPy's tracer variables (fusion.pyx, _FusionVarArray) have operators, copy, astype and `[...] =`
+# only: a reduction in a fused body is a cupy function (cupy.sum(x)), never a method.
+for _name in ("sum", "prod", "max", "min", "all", "any",
+              "__getitem__", "__setitem__", "reshape", "transpose", "ravel", "fill", "flatten",
               "dot", "__matmul__", "__rmatmul__", "take", "sort", "argsort", "cumsum", "nonzero",
               "var", "std", "mean", "argmax", "argmin", "clip", "round", "get", "item",
               "tolist"):
