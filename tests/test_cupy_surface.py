@@ -292,7 +292,8 @@ def fusable(name):
 
 def fused_body_problems(source, filename="<string>"):
     """What a function decorated with @fused does that cupy.fuse cannot: statements other
-    than assignments (in-place ones on arguments too) and return, indexing, method calls,
+    than assignments (in-place ones on arguments too, and `arg[...] = ...`) and return, other
+    indexing, method calls,
     attribute reads other than xp.<fusable>, calls of anything else."""
     problems = []
     for fn in ast.parse(source, filename).body:
@@ -309,6 +310,8 @@ def fused_body_problems(source, filename="<string>"):
                     problems.append(f"{where}: in place only on an argument")
             elif not isinstance(stmt, (ast.Assign, ast.Return)):
                 problems.append(f"{where}: {type(stmt).__name__} in a fused body")
+            if _writes_whole_argument(stmt, args):          # out[...] = expression
+                stmt = stmt.value
             for node in ast.walk(stmt):
                 if isinstance(node, (ast.Subscript, ast.Lambda, ast.ListComp, ast.GeneratorExp,
                                      ast.IfExp, ast.Dict, ast.List)):
@@ -325,6 +328,19 @@ def fused_body_problems(source, filename="<string>"):
                         isinstance(node.value, ast.Name) and node.value.id == "xp"):
                     problems.append(f"{where}: .{node.attr} in a fused body")
     return problems
+
+
+def _writes_whole_argument(stmt, args):
+    """`arg[...] = value` or `arg[:] = value`: the one indexing a fused body may do (fusion.pyx,
+    _FusionVarScalar.__setitem__), writing an argument."""
+    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Subscript)):
+        return False
+    target = stmt.targets[0]
+    whole = (isinstance(target.slice, ast.Constant) and target.slice.value is Ellipsis
+             or isinstance(target.slice, ast.Slice) and target.slice.lower is None
+             and target.slice.upper is None and target.slice.step is None)
+    return whole and isinstance(target.value, ast.Name) and target.value.id in args
 
 
 def test_the_gpu_kernels_fuse_only_what_cupy_can():

@@ -98,7 +98,7 @@ def test_a_python_number_reaches_a_kernel_in_the_arrays_dtype(standin):
     standin.standin.fused_calls = seen
     x = standin.ones(3, dtype=np.float32)
     kernels.add_l2_grad(x, x, 0.02)
-    kernels.bce_with_logits_bias(x, x, x, 64)
+    kernels.bce_with_logits_bias(x, x, x, 64, standin.empty(3, dtype=np.float32))
     assert [type(a) for a in seen[0][1]][2] is np.float32
     assert [type(a) for a in seen[1][1]][3] is np.float32
 

@@ -97,15 +97,111 @@ def test_a_fused_function_is_one_launch_and_checks_its_body(standin):
         softplus_and_grad(np.ones(3), 1.0)
 
 
-def test_scatter_add_adds_repeated_indices(standin):
+def test_add_at_adds_repeated_indices_and_scatter_add_warns_as_cupy_14(standin):
     import cupyx
 
     cp = standin
     a = cp.zeros(4)
     cp.standin.reset()
-    cupyx.scatter_add(a, cp.asarray(np.array([0, 1, 1, 3])), cp.asarray(np.ones(4)))
+    cp.add.at(a, cp.asarray(np.array([0, 1, 1, 3])), cp.asarray(np.ones(4)))
     assert cp.standin.launches == 1
     np.testing.assert_array_equal(a.get(), [1, 2, 0, 1])
+    cp.add.at(a, cp.asarray(np.array([2])), cp.asarray(np.ones(1, np.float32)))  # a cast first
+    assert cp.standin.launches == 3
+    with pytest.warns(DeprecationWarning, match="cupy.add.at"):
+        cupyx.scatter_add(a, cp.asarray(np.array([0])), cp.asarray(np.ones(1)))
+    np.testing.assert_array_equal(a.get(), [2, 2, 1, 1])
+
+
+def launches(cp, call):
+    cp.standin.reset()
+    call()
+    return cp.standin.launches
+
+
+def test_launches_of_products_follow_cupys_matmul_and_dot(standin):
+    """_launches.matmul / dot: cupy/_core/_routines_linalg.pyx."""
+    cp = standin
+    f = np.float32
+    A, B = cp.ones((6, 5), dtype=f), cp.ones((5, 4), dtype=f)
+    batch = cp.ones((3, 5, 4), dtype=f)
+    assert launches(cp, lambda: A @ B) == 1                        # one GEMM
+    assert launches(cp, lambda: A.T.T @ B) == 1
+    assert launches(cp, lambda: B.T @ A.T) == 1                   # F-contiguous: a flag, no copy
+    assert launches(cp, lambda: A[:, ::2] @ B[::2]) == 3          # neither order: both copied
+    out, out_t = cp.empty((6, 4), dtype=f), cp.empty((4, 6), dtype=f).T
+    assert launches(cp, lambda: cp.matmul(A, B, out=out)) == 1
+    assert launches(cp, lambda: cp.matmul(A, B, out=out_t)) == 2   # through a fresh array
+    assert launches(cp, lambda: A @ batch) == 3 * 1 + 1            # broadcast: 3 _mat_ptrs + GEMM
+    right, left = cp.ones((3, 5, 2), dtype=f), cp.ones((3, 6, 5), dtype=f)
+    assert launches(cp, lambda: batch.transpose(0, 2, 1) @ right) == 2   # a copy, then batched
+    assert launches(cp, lambda: left @ batch) == 1                 # strided batched
+    v = cp.ones(300, dtype=f)
+    assert launches(cp, lambda: cp.dot(v, v)) == 1 + 1             # multiply, CUB one tile
+    assert launches(cp, lambda: cp.dot(v, v, out=cp.empty((), dtype=f))) == 3    # and a copy
+    big = cp.ones(5000, dtype=f)
+    assert launches(cp, lambda: cp.dot(big, big)) == 1 + 2         # CUB: two passes
+    w = cp.ones(5, dtype=f)
+    assert launches(cp, lambda: A @ w) == 1                        # a GEMV is a GEMM
+
+
+def test_launches_of_sums_follow_cupys_cub_and_reduction_paths(standin):
+    """_launches.reduction_sum / reduction_kernel: _routines_math.pyx -> cub.pyx (routine CUB),
+    else _reduction.pyx -> _cub_reduction.pyx (CUB block reduction) or CuPy's own kernel."""
+    cp = standin
+    x = cp.ones((64, 100), dtype=np.float32)
+    out1 = cp.empty(1, dtype=np.float32)
+    assert launches(cp, lambda: x.sum()) == 2                      # DeviceReduce, two passes
+    assert launches(cp, lambda: x[:2, :10].sum()) == 1             # not contiguous: own kernel
+    assert launches(cp, lambda: x.sum(out=cp.empty((), dtype=np.float32))) == 3   # + a copy
+    assert launches(cp, lambda: x.sum(axis=1)) == 1                # segmented: trailing axis
+    assert launches(cp, lambda: x.sum(axis=1, out=cp.empty(64, dtype=np.float32))) == 2
+    assert launches(cp, lambda: x.sum(axis=0, out=cp.empty(100, dtype=np.float32))) == 1
+    assert launches(cp, lambda: x.reshape(-1, 1).sum(axis=0, out=out1)) == 1
+    images = cp.ones((4, 3, 5, 5))
+    assert launches(cp, lambda: images.sum(axis=(0, 2, 3))) == 1  # axes apart: own kernel
+    assert launches(cp, lambda: cp.sum(x, axis=0)) == 1
+
+    @cp.fuse()
+    def sum_of_squares(p):
+        return cp.sum(p * p)
+
+    assert launches(cp, lambda: sum_of_squares(x.reshape(-1))) == 2   # CUB block, two passes
+    assert launches(cp, lambda: sum_of_squares(x[:1, :50].reshape(-1))) == 1   # under 128
+
+
+def test_launches_of_copies_gathers_and_scatters(standin):
+    """_launches.concatenate, take, setitem (_routines_manipulation.pyx, _routines_indexing.pyx)."""
+    cp = standin
+    a = cp.ones(10)
+    assert launches(cp, lambda: cp.concatenate([a, a, a])) == 3     # one copy per array
+    assert launches(cp, lambda: cp.concatenate([a] * 9)) == 1       # one kernel, pointers
+    assert launches(cp, lambda: cp.take(a, cp.asarray(np.array([[0, 1], [2, 3]])))) == 1
+    idx = cp.asarray(np.array([1, 2]))
+    assert launches(cp, lambda: a.take(idx)) == 1
+
+    def fill():
+        a[...] = 0
+
+    assert launches(cp, fill) == 1
+    assert launches(cp, lambda: a.reshape(2, 5).T.reshape(-1)) == 1      # not a view: a copy
+    assert launches(cp, lambda: a.reshape(2, 5).T.reshape(5, 2)) == 0    # a view
+
+
+def test_a_fused_call_gives_each_output_an_array_of_its_own(standin):
+    cp = standin
+
+    @cp.fuse()
+    def twice(x):
+        y = x + 1
+        return y, y, x
+
+    x = cp.ones(3)
+    a, b, c = twice(x)
+    a += 1
+    c += 5
+    np.testing.assert_array_equal(b.get(), [2, 2, 2])
+    np.testing.assert_array_equal(x.get(), [1, 1, 1])
 
 
 def test_what_the_program_touches(standin):

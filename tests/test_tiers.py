@@ -456,21 +456,24 @@ def test_a_checkpoint_of_the_first_fast_tier_format_loads(tmp_path):
 # gpu/conv.py against conv.py
 
 
+@pytest.mark.parametrize("layout", ["first", "last"])
 @pytest.mark.parametrize("kernel, s, p, hw, n", GEOMETRIES, ids=IDS)
-def test_gpu_conv_matches_plain(kernel, s, p, hw, n):
-    """im2col as one gather, col2im as one scatter-add, and the three functions built on them
-    compute conv.py's, NCHW as it is."""
+def test_gpu_conv_matches_plain(kernel, s, p, hw, n, layout):
+    """im2col as one gather from either layout, and col2im as a gather and a sum into either,
+    compute conv.py's; the columns are one matrix (C*kh*kw, Ho*Wo*N)."""
     (kh, kw) = kernel
     rng = np.random.default_rng(14)
     x = rng.standard_normal((n, 3) + hw)
-    K = rng.standard_normal((4, 3) + kernel)
-    dy = rng.standard_normal((n, 4) + out_hw(kernel, s, p, hw))
-    cols = gpu_conv.im2col(x, kh, kw, s, p)
-    np.testing.assert_array_equal(cols, conv.im2col(x, kh, kw, s, p))
-    np.testing.assert_allclose(gpu_conv.col2im(cols, x.shape, kh, kw, s, p),
-                               conv.col2im(cols, x.shape, kh, kw, s, p), **CLOSE)
-    np.testing.assert_allclose(gpu_conv.conv2d(x, K, s, p), conv.conv2d(x, K, s, p), **CLOSE)
-    np.testing.assert_allclose(gpu_conv.conv_transpose2d(dy, K, s, p, hw),
-                               conv.conv_transpose2d(dy, K, s, p, hw), **CLOSE)
-    np.testing.assert_allclose(gpu_conv.conv2d_weight_grad(cols, dy, K.shape),
-                               conv.conv2d_weight_grad(x, dy, kernel, s, p), **CLOSE)
+    plain = conv.im2col(x, kh, kw, s, p)                        # (N, C*kh*kw, Ho*Wo)
+    as_matrix = plain.transpose(1, 2, 0).reshape(plain.shape[1], -1)
+    stored, buf = gpu_conv.slot({}, "x", gpu_conv.laid_out(x.shape, layout), x.dtype, np)
+    stored[...] = x if layout == "first" else x.transpose(1, 2, 3, 0)
+    assert buf[-1] == 0
+    np.testing.assert_array_equal(gpu_conv.im2col(buf, x.shape, kh, kw, s, p, layout), as_matrix)
+    cols = rng.standard_normal(plain.shape)
+    view, cbuf = gpu_conv.slot({}, "cols", as_matrix.shape, x.dtype, np)
+    view[...] = cols.transpose(1, 2, 0).reshape(view.shape)
+    want = conv.col2im(cols, x.shape, kh, kw, s, p)
+    got = gpu_conv.col2im(cbuf, x.shape, kh, kw, s, p, layout)
+    np.testing.assert_allclose(got if layout == "first" else got.transpose(3, 0, 1, 2), want,
+                               **CLOSE)

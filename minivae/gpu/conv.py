@@ -1,18 +1,29 @@
-"""The convolutions of conv.py in few kernel launches: im2col as one gather, col2im as one
-scatter-add. Read minivae/conv.py first: these are its functions (NCHW, the same layouts), and
-tests/test_tiers.py checks them against it over every geometry the gradient checks use.
+"""The convolutions of conv.py as gathers and plain matrix products, in few kernel launches.
 
-conv.py's im2col is a loop over the kernel's kh*kw offsets, a strided copy each, and col2im the
-same loop with +=: 2 kh kw kernels on a GPU, 32 for ConvVAE's 4x4 kernels. Here the padded image
-is never made. Every column entry names the pixel it copies, as an index into the batch
-flattened, with one extra zero at its end standing for the padding:
+Read minivae/conv.py first: the same im2col / col2im, laid out for a GPU. conv.py's im2col is a
+loop over the kernel's kh*kw offsets, a strided copy each, and col2im the same loop with +=: 2 kh
+kw kernels, 32 for ConvVAE's 4x4 kernels; and its products are batched over the images. Here:
 
-    cols.flat[j] = xz[index[j]],   xz = concatenate(x.ravel(), [0])
+* Images are batch-last inside a stack of convolutions, (C, H, W, N) as in the fast tier, and
+  the column matrix of a batch is one 2-D matrix (C*kh*kw, Ho*Wo*N): a convolution is then one
+  product K (F, C*kh*kw) @ cols, whose result (F, Ho*Wo*N) is the next batch-last image. cuBLAS
+  takes one 2-D product with no copy (a batched product of a 2-D weight against 3-D columns goes
+  through pointer arrays, 4 launches; a transposed column block is copied first).
+* im2col is one gather, `take`, through an index made once on the host: every column entry names
+  the pixel it copies, as a position in the image flattened, and the padding names one extra
+  element past the image's end, which holds zero (the image lives in a "slot buffer": its
+  storage and that zero, see `slot`). The index reads either layout: batch-first (N, C, H, W)
+  images, such as the model's input, need no transpose first.
+* col2im, im2col's adjoint, sends every column entry back to its pixel, adding the entries of
+  the same pixel. Here it is a gather too: for every pixel, the (at most r) column entries that
+  land on it, in conv.col2im's order, padded with the zero slot, gathered into (pixels, r) and
+  summed along r: two launches, and the same sum in the same order every run (a scatter-add,
+  cupy.add.at, adds with atomics in whatever order the threads arrive). The pixels come out in
+  either layout, so the decoder's last layer writes the batch-first logits directly.
 
-so im2col is one `take` (and one concatenate), and col2im, its adjoint, sends every column entry
-back to the pixel it came from, one `cupyx.scatter_add` into zeros (entries of the same pixel
-add up; the zero slot collects the padding's and is dropped). The index arrays depend only on
-the geometry and the batch size; they are made on the host once and kept on the device.
+The indices depend only on the geometry, the batch size and the layouts; they are kept on the
+device, one per combination. tests/test_tiers.py checks these functions against conv.py over
+every geometry the gradient checks use.
 """
 
 import numpy as np
@@ -20,81 +31,93 @@ import numpy as np
 from minivae.backend import array_module
 from minivae.conv import conv_output_size
 
-_INDEX = {}            # (x shape, kh, kw, stride, padding, array module) -> index array
+_INDEX = {}            # (kind, geometry, layout, array module) -> index array on the device
 
 
-def column_index(x_shape, kh, kw, stride, padding, xp):
-    """index (N, C*kh*kw, Ho*Wo) into x flattened (N*C*H*W entries, then the zero slot): which
-    pixel of x each entry of im2col(x) copies, N*C*H*W where it is padding."""
-    key = (tuple(x_shape), kh, kw, stride, padding, xp)
+def image_shape(shape, layout):
+    """(N, C, H, W) of an image batch of `shape` in `layout` ("first": N, C, H, W; "last":
+    C, H, W, N)."""
+    return tuple(shape) if layout == "first" else (shape[3],) + tuple(shape[:3])
+
+
+def laid_out(nchw, layout):
+    """The shape of an (N, C, H, W) batch in `layout`."""
+    return tuple(nchw) if layout == "first" else tuple(nchw[1:]) + (nchw[0],)
+
+
+def _pixel_positions(nchw, layout):
+    """flat[n, c, h, w]: where pixel (n, c, h, w) sits in the batch flattened in `layout`."""
+    N, C, H, W = nchw
+    n, c, h, w = np.ogrid[:N, :C, :H, :W]
+    if layout == "first":
+        return ((n * C + c) * H + h) * W + w
+    return ((c * H + h) * W + w) * N + n
+
+
+def _sources(nchw, kh, kw, stride, padding, layout):
+    """(C*kh*kw, Ho*Wo*N) int64: for every column entry, the flat position in `layout` of the
+    pixel it copies, or -1 for padding."""
+    N, C, H, W = nchw
+    Ho, Wo = conv_output_size(H, kh, stride, padding), conv_output_size(W, kw, stride, padding)
+    c, i, j, oh, ow, n = np.ogrid[:C, :kh, :kw, :Ho, :Wo, :N]
+    row, col = stride * oh + i - padding, stride * ow + j - padding
+    inside = (row >= 0) & (row < H) & (col >= 0) & (col < W)
+    flat = _pixel_positions(nchw, layout)[n, c, np.clip(row, 0, H - 1), np.clip(col, 0, W - 1)]
+    return np.where(inside, flat, -1).reshape(C * kh * kw, Ho * Wo * N)
+
+
+def column_index(nchw, kh, kw, stride, padding, layout, xp):
+    """The im2col gather's index (C*kh*kw, Ho*Wo*N) into an image batch of logical shape nchw
+    stored in `layout`, flattened, followed by its zero slot (position N*C*H*W)."""
+    key = ("columns", tuple(nchw), kh, kw, stride, padding, layout, xp)
     index = _INDEX.get(key)
     if index is None:
-        N, C, H, W = x_shape
-        Ho, Wo = conv_output_size(H, kh, stride, padding), conv_output_size(W, kw, stride, padding)
-        n, c, i, j, oh, ow = np.ogrid[:N, :C, :kh, :kw, :Ho, :Wo]
-        row, col = stride * oh + i - padding, stride * ow + j - padding       # in x, unpadded
-        inside = (row >= 0) & (row < H) & (col >= 0) & (col < W)
-        flat = ((n * C + c) * H + row) * W + col
-        host = np.where(inside, flat, N * C * H * W).astype(np.int64)
-        index = _INDEX[key] = xp.asarray(host.reshape(N, C * kh * kw, Ho * Wo))
+        src = _sources(nchw, kh, kw, stride, padding, layout)
+        index = _INDEX[key] = xp.asarray(np.where(src < 0, int(np.prod(nchw)), src))
     return index
 
 
-def _zero_slot(x):
-    """A kept one-element zero of x's dtype and module (no kernel per call)."""
-    xp = array_module(x)
-    key = ("zero", x.dtype, xp)
-    zero = _INDEX.get(key)
-    if zero is None:
-        zero = _INDEX[key] = xp.zeros(1, dtype=x.dtype)
-    return zero
+def pixel_index(nchw, kh, kw, stride, padding, layout, xp):
+    """The col2im gather's index (N*C*H*W, r): for every pixel of the batch in `layout` order,
+    the positions in the column matrix (C*kh*kw, Ho*Wo*N) flattened of the entries that came
+    from it, in conv.col2im's order (kernel offsets i, then j), padded with the zero slot past
+    the column matrix's end."""
+    key = ("pixels", tuple(nchw), kh, kw, stride, padding, layout, xp)
+    index = _INDEX.get(key)
+    if index is None:
+        src = _sources(nchw, kh, kw, stride, padding, layout).ravel()
+        order = np.argsort(src, kind="stable")              # entries by pixel, (i, j) order kept
+        order = order[src[order] >= 0]
+        pixels = src[order]
+        counts = np.bincount(pixels, minlength=int(np.prod(nchw)))
+        rank = np.arange(pixels.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        host = np.full((counts.size, max(1, int(counts.max()))), src.size, np.int64)
+        host[pixels, rank] = order
+        index = _INDEX[key] = xp.asarray(host)
+    return index
 
 
-def im2col(x, kh, kw, stride, padding):
-    """conv.im2col: x (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo), in one gather."""
-    xp = array_module(x)
-    xz = xp.concatenate([x.reshape(-1), _zero_slot(x)])
-    return xp.take(xz, column_index(x.shape, kh, kw, stride, padding, xp))
+def slot(buffers, key, shape, dtype, xp):
+    """(view, buffer): a kept buffer of prod(shape) + 1 elements whose last stays zero (the
+    gathers' padding), and the view of the rest shaped `shape`, for a layer to write into; made
+    once per key and shape (buffers: the layer's dict)."""
+    size = int(np.prod(shape))
+    buf = buffers.get(key)
+    if buf is None or buf.size != size + 1 or buf.dtype != dtype:
+        buf = buffers[key] = xp.zeros(size + 1, dtype=dtype)
+    return buf[:size].reshape(shape), buf
 
 
-def col2im(cols, x_shape, kh, kw, stride, padding):
-    """conv.col2im: cols (N, C*kh*kw, Ho*Wo) -> x (N, C, H, W), overlaps summed, in one
-    scatter-add (cupyx.scatter_add on CuPy, numpy.add.at on NumPy)."""
-    xp = array_module(cols)
-    xz = xp.zeros(int(np.prod(x_shape)) + 1, dtype=cols.dtype)
-    index = column_index(x_shape, kh, kw, stride, padding, xp)
-    if xp.__name__ == "numpy":
-        np.add.at(xz, index, cols)
-    else:
-        import cupyx
-        cupyx.scatter_add(xz, index, cols)
-    return xz[:-1].reshape(x_shape)
+def im2col(buf, nchw, kh, kw, stride, padding, layout):
+    """conv.im2col of an image batch stored in a slot buffer `buf` in `layout`: the columns
+    (C*kh*kw, Ho*Wo*N), one gather."""
+    xp = array_module(buf)
+    return xp.take(buf, column_index(nchw, kh, kw, stride, padding, layout, xp))
 
 
-def conv2d(x, K, stride, padding, cols=None):
-    """conv.conv2d, one gather and one batched product; cols: im2col(x) when already made."""
-    F, C, kh, kw = K.shape
-    N, _, H, W = x.shape
-    Ho, Wo = conv_output_size(H, kh, stride, padding), conv_output_size(W, kw, stride, padding)
-    if cols is None:
-        cols = im2col(x, kh, kw, stride, padding)
-    return (K.reshape(F, -1) @ cols).reshape(N, F, Ho, Wo)
-
-
-def conv_transpose2d(y, K, stride, padding, x_hw):
-    """conv.conv_transpose2d: one batched product and one scatter-add."""
-    F, C, kh, kw = K.shape
-    N = y.shape[0]
-    cols = K.reshape(F, -1).T @ y.reshape(N, F, -1)
-    return col2im(cols, (N, C) + tuple(x_hw), kh, kw, stride, padding)
-
-
-def conv2d_weight_grad(cols, dy, kernel_shape, out=None):
-    """conv.conv2d_weight_grad from cols = im2col(x): sum_n dy[n] @ cols[n]^T (F, C, kh, kw),
-    as one batched product and one sum, written into `out` when given."""
-    N, F = dy.shape[:2]
-    per_sample = dy.reshape(N, F, -1) @ cols.transpose(0, 2, 1)       # (N, F, C*kh*kw)
-    if out is None:
-        return per_sample.sum(axis=0).reshape(kernel_shape)
-    per_sample.sum(axis=0, out=out.reshape(F, -1))
-    return out
+def col2im(buf, nchw, kh, kw, stride, padding, layout):
+    """conv.col2im of a column matrix (C*kh*kw, Ho*Wo*N) stored in a slot buffer `buf`: the image
+    batch of logical shape nchw in `layout`, overlaps summed; a gather and a sum."""
+    xp = array_module(buf)
+    index = pixel_index(nchw, kh, kw, stride, padding, layout, xp)
+    return xp.take(buf, index).sum(axis=1).reshape(laid_out(nchw, layout))

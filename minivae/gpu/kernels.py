@@ -43,7 +43,8 @@ def fused(fn):
 
 # --------------------------------------------------------------------------------------------
 # A layer's bias and its activation (layers.py: Dense.forward / the convolutions' forward, then
-# the activation's forward), and the activations' backward.
+# the activation's forward), and the activations' backward. Each writes into `out`, an array the
+# caller gives: a fresh one, a buffer it keeps, or a view of either in another layout.
 
 
 @fused
@@ -53,60 +54,61 @@ def bias_add(z, b):
 
 
 @fused
-def bias_relu(z, b):
-    """ReLU.forward(z + b): max(z + b, 0)."""
+def bias_relu(z, b, out):
+    """out = ReLU.forward(z + b): max(z + b, 0)."""
     xp = array_module(z)
-    return xp.maximum(z + b, 0)
+    out[...] = xp.maximum(z + b, 0)
 
 
 @fused
-def bias_tanh(z, b):
-    """Tanh.forward(z + b)."""
+def bias_tanh(z, b, out):
+    """out = Tanh.forward(z + b)."""
     xp = array_module(z)
-    return xp.tanh(z + b)
+    out[...] = xp.tanh(z + b)
 
 
 @fused
-def bias_sigmoid(z, b):
-    """Sigmoid.forward(z + b): 0.5 (1 + tanh((z + b) / 2)), layers.sigmoid."""
+def bias_sigmoid(z, b, out):
+    """out = Sigmoid.forward(z + b): 0.5 (1 + tanh((z + b) / 2)), layers.sigmoid."""
     xp = array_module(z)
-    return 0.5 * (1 + xp.tanh(0.5 * (z + b)))
+    out[...] = 0.5 * (1 + xp.tanh(0.5 * (z + b)))
 
 
 @fused
-def relu_backward(dy, y):
-    """ReLU.backward: dy * (y > 0)."""
-    return dy * (y > 0)
+def relu_backward(dy, y, out):
+    """out = ReLU.backward: dy * (y > 0)."""
+    out[...] = dy * (y > 0)
 
 
 @fused
-def tanh_backward(dy, y):
-    """Tanh.backward: dy * (1 - y^2)."""
-    return dy * (1 - y * y)
+def tanh_backward(dy, y, out):
+    """out = Tanh.backward: dy * (1 - y^2)."""
+    out[...] = dy * (1 - y * y)
 
 
 @fused
-def sigmoid_backward(dy, y):
-    """Sigmoid.backward: dy * y * (1 - y)."""
-    return dy * y * (1 - y)
+def sigmoid_backward(dy, y, out):
+    """out = Sigmoid.backward: dy * y * (1 - y)."""
+    out[...] = dy * y * (1 - y)
 
 
 @fused
-def relu_backward_sum(dy1, dy2, y):
-    """ReLU.backward(dy1 + dy2): two layers read this ReLU's output (the encoder's two heads)."""
-    return (dy1 + dy2) * (y > 0)
+def relu_backward_sum(dy1, dy2, y, out):
+    """out = ReLU.backward(dy1 + dy2): two layers read this ReLU's output (the encoder's two
+    heads)."""
+    out[...] = (dy1 + dy2) * (y > 0)
 
 
 @fused
-def tanh_backward_sum(dy1, dy2, y):
-    """Tanh.backward(dy1 + dy2)."""
-    return (dy1 + dy2) * (1 - y * y)
+def tanh_backward_sum(dy1, dy2, y, out):
+    """out = Tanh.backward(dy1 + dy2)."""
+    out[...] = (dy1 + dy2) * (1 - y * y)
 
 
 @fused
-def sigmoid_backward_sum(dy1, dy2, y):
-    """Sigmoid.backward(dy1 + dy2)."""
-    return (dy1 + dy2) * y * (1 - y)
+def sigmoid_backward_sum(dy1, dy2, y, out):
+    """out = Sigmoid.backward(dy1 + dy2)."""
+    out[...] = (dy1 + dy2) * y * (1 - y)
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,13 +116,13 @@ def sigmoid_backward_sum(dy1, dy2, y):
 
 
 @fused
-def bce_with_logits_bias(z, b, x, n):
+def bce_with_logits_bias(z, b, x, n, dlogits):
     """The decoder's last bias, then losses.bce_with_logits and its gradient divided by the
-    batch size n: (logits, the elementwise BCE, d BCE / d logits / n)."""
+    batch size n: (logits, the elementwise BCE); d BCE / d logits / n written into dlogits."""
     xp = array_module(z)
     logits = z + b
-    bce = xp.maximum(logits, 0) - logits * x + xp.log1p(xp.exp(-xp.abs(logits)))
-    return logits, bce, (0.5 * (1 + xp.tanh(0.5 * logits)) - x) / n
+    dlogits[...] = (0.5 * (1 + xp.tanh(0.5 * logits)) - x) / n
+    return logits, xp.maximum(logits, 0) - logits * x + xp.log1p(xp.exp(-xp.abs(logits)))
 
 
 @fused

@@ -5,18 +5,21 @@ Read minivae/models.py first: `FlatVAE` goes before a seed model's class (miniva
 `FlatVAE + ConvVAE` for the gpu tier) and carries out the same VAE.loss_and_grads, with
   * the heads' biases, the reparametrisation and the KL term with its gradients in one fused
     kernel (kernels.heads_*), and their backward in another;
-  * the decoder's last bias, the BCE and its gradient in one fused kernel;
-  * the L2 penalty over the flat buffer: its value one reduction per run of penalised
-    parameters (one for each seed model), its gradient one fused kernel;
-  * the loss terms reduced into one small device array and read to the host in one transfer,
-    the step's only device-to-host read;
+  * the decoder's last bias, the BCE and its gradient in one fused kernel (the gradient written
+    where the decoder's last layer gathers it from);
+  * the L2 penalty over the flat buffer: its value a square and a sum per run of penalised
+    parameters (one run for each seed model), its gradient one fused kernel;
+  * the loss terms summed straight into one small device array (each sum shaped so that CuPy
+    runs its own reduction kernel, which writes into its `out`, rather than CUB, which writes a
+    fresh array and copies it: tests/standin/cupy/_launches.py) and read to the host in one
+    transfer, the step's only device-to-host read;
   * parameters and gradients living in two flat device buffers (the layers hold views), so
     Adam (minivae/gpu/optim.py) is one kernel over all of them.
 """
 
 from minivae.backend import to_host
 from minivae.gpu import kernels
-from minivae.gpu.layers import _Linear
+from minivae.gpu.layers import ConvTranspose2d, _Linear
 from minivae.losses import l2_penalty
 from minivae.models import LossTerms
 
@@ -39,7 +42,7 @@ class FlatVAE:
             self.slots[name], start = (start, end), end
         self._views = {name: self.params[name] for name in self.params}
         self.device_terms = xp.zeros(3, dtype=self.dtype)  # sum BCE, sum KL, sum p^2
-        self._term_views = [self.device_terms[i:i + 1].reshape(()) for i in range(3)]
+        self._term_slots = [self.device_terms[i:i + 1] for i in range(3)]
         self.decoder.defer_last_bias = isinstance(self.decoder.layers[-1], _Linear)
 
     def _linked(self):
@@ -87,7 +90,7 @@ class FlatVAE:
 
     def _backward(self, n, cache, beta, weight_decay, input_grad):
         logits, eps, sigma, dlogits, dmu_kl, dscale_kl = cache
-        dz = self.decoder.backward(dlogits)                     # dlogits is already / n
+        dz = self.decoder.backward(dlogits, slot=self._dslot)   # dlogits is already / n
         dmu, dscale = kernels.heads_backward(dz, eps, sigma, dmu_kl, dscale_kl,
                                              self.sigma_exponent, beta / n)
         dh_mu, dh_scale = self.mu.backward(dmu), self.scale.backward(dscale)
@@ -115,13 +118,24 @@ class FlatVAE:
         eps = self.draw_noise(n) if noise is None else xp.asarray(noise, dtype=zmu.dtype)
         mu, sigma, z, kl, dmu_kl, dscale_kl = kernels.HEADS[self.scale_name](
             zmu, self.mu.params["b"], zs, self.scale.params["b"], eps)
-        logits, bce, dlogits = kernels.bce_with_logits_bias(self.decoder.forward(z),
-                                                            self._last_bias(), x, n)
-        bce_sum, kl_sum, _ = self._term_views
-        bce.sum(out=bce_sum)
-        kl.sum(out=kl_sum)
+        decoded = self.decoder.forward(z)
+        dlogits = self._dlogits_buffer(decoded)
+        logits, bce = kernels.bce_with_logits_bias(decoded, self._last_bias(), x, n, dlogits)
+        _sum_into(bce, self._term_slots[0])
+        _sum_into(kl, self._term_slots[1])
         penalty = self._penalty_value(weight_decay)
         return penalty, (logits, eps, sigma, dlogits, dmu_kl, dscale_kl)
+
+    def _dlogits_buffer(self, like):
+        """Where the BCE kernel writes d loss / d logits: the slot buffer the decoder's last
+        layer gathers its columns from when it is a ConvTranspose2d (kept as self._dslot),
+        else a new array."""
+        last = self.decoder.steps[-1]
+        if isinstance(last, ConvTranspose2d):
+            view, self._dslot = last.slot("dy", like.shape, like)
+            return view
+        self._dslot = None
+        return self.xp.empty(like.shape, dtype=like.dtype)
 
     # ---- the L2 penalty over the flat buffer
 
@@ -136,9 +150,9 @@ class FlatVAE:
         if len(runs) == 1:
             a, b = runs[0]
             p = self.flat_params[a:b]
-            self.xp.dot(p, p, out=self._term_views[2])
+            _sum_into(p * p, self._term_slots[2])
         else:
-            self._term_views[2][...] = sum(kernels.sum_of_squares(self.flat_params[a:b])
+            self._term_slots[2][...] = sum(kernels.sum_of_squares(self.flat_params[a:b])
                                            for a, b in runs)
         return None
 
@@ -153,6 +167,13 @@ class FlatVAE:
             return
         for a, b in self._penalised_runs():
             kernels.add_l2_grad(self.flat_grads[a:b], self.flat_params[a:b], 2 * weight_decay)
+
+
+def _sum_into(a, out):
+    """out (1,) = a.sum(), as one launch of CuPy's own reduction kernel: summed over the first
+    axis of a seen as (a.size, 1), which CUB does not take, so nothing is copied afterwards
+    (tests/standin/cupy/_launches.py, reduction_sum); NumPy sums it pairwise as a.sum() does."""
+    a.reshape(-1, 1).sum(axis=0, out=out)
 
 
 def flat_class(cls):

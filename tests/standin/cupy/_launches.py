@@ -142,14 +142,14 @@ def _routine_cub(a, reduce_axes):
 def reduction_kernel(a, reduce_axes, n_inputs=1):
     """_AbstractReductionKernel._call with try_use_cub (ndarray.sum when the routine accelerator
     passed, the other reductions, and a fused function with a reduction): CUB's block reduction
-    when there is one input, the array is C- (or F-) contiguous with the reduced axes last (or
-    first) and they hold at least CUB_BLOCK_THRESHOLD items: two passes over the whole array
+    when there is one input, the array is F- (else C-) contiguous with the reduced axes first (or
+    last) and they hold at least CUB_BLOCK_THRESHOLD items: two passes over the whole array
     (_cub_two_pass_launch), one over some axes; otherwise CuPy's reduction kernel, one launch.
     Both write into `out` directly."""
     c, f = contiguous(a)
     out_axes = tuple(i for i in range(a.ndim) if i not in reduce_axes)
     size = int(np.prod([a.shape[i] for i in reduce_axes], dtype=np.int64))
-    order = out_axes + reduce_axes if c else reduce_axes + out_axes if f else None
+    order = reduce_axes + out_axes if f else out_axes + reduce_axes if c else None  # F first
     if (n_inputs == 1 and order == tuple(range(a.ndim)) and _contiguous_axes(reduce_axes)
             and size >= CUB_BLOCK_THRESHOLD):
         return 2 if not out_axes else 1
