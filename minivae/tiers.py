@@ -82,33 +82,16 @@ _SELF_CHECKS = {}          # array module -> None (passed) or why it failed
 
 def gpu_self_check(xp, tolerance=1e-3):
     """None when the gpu tier computes what the plain tier computes on xp's device (each seed
-    model, narrowed, one batch of 4: the loss terms and every gradient, float32, to
-    `tolerance` relative to the gradient's largest value), else a line saying why; the answer
-    is kept for the process, and a failure is said once on stderr."""
+    model, narrowed, one batch of 4: the loss terms, every gradient, and one Adam step's change
+    of every parameter and its moments m and v, float32, to `tolerance` relative to each array's
+    largest value), else a line saying why; the answer is kept for the process, and a failure is
+    said once on stderr."""
     if xp in _SELF_CHECKS:
         return _SELF_CHECKS[xp]
     why = None
     try:
         for name, spec in MODELS.items():
-            rng = np.random.default_rng(0)
-            x = xp.asarray(rng.random(spec.input_shape(4)).astype(np.float32))
-            noise = xp.asarray(rng.standard_normal((4, spec.defaults["latent_dim"]))
-                               .astype(np.float32))
-            results = []
-            for impl in ("plain", "gpu"):
-                model = build_model(name, hidden_dim=16, seed=0, backend=backend_name(xp),
-                                    impl=impl)
-                terms = model.loss_and_grads(x, noise=noise, beta=0.5, weight_decay=0.01)
-                results.append((terms, {k: to_host(g) for k, g in model.grads.items()}))
-            (t0, g0), (t1, g1) = results
-            if not np.allclose(t1, t0, rtol=tolerance):
-                why = f"{name}: loss terms {tuple(t1)} against {tuple(t0)}"
-                break
-            for k in g0:
-                err = float(np.abs(g1[k] - g0[k]).max()) / max(1e-12, float(np.abs(g0[k]).max()))
-                if not err <= tolerance:
-                    why = f"{name}: gradient {k} off by {err:.1e} relative"
-                    break
+            why = _self_check_model(xp, name, spec, tolerance)
             if why:
                 break
     except Exception as e:                       # noqa: BLE001 - any failure means "don't"
@@ -118,6 +101,41 @@ def gpu_self_check(xp, tolerance=1e-3):
               f"plain tier", file=sys.stderr, flush=True)
     _SELF_CHECKS[xp] = why
     return why
+
+
+def _self_check_model(xp, name, spec, tolerance):
+    """gpu_self_check for one model: why it fails, or None. The Adam step starts both tiers
+    from the same gradients (the plain tier's), so it checks the optimizer's arithmetic alone
+    (a first step's change is lr g / (|g| + eps): from gradients that differ by rounding it
+    would differ a lot where |g| is near eps)."""
+    rng = np.random.default_rng(0)
+    x = xp.asarray(rng.random(spec.input_shape(4)).astype(np.float32))
+    noise = xp.asarray(rng.standard_normal((4, spec.defaults["latent_dim"])).astype(np.float32))
+    models, found = {}, {}
+    for impl in ("plain", "gpu"):
+        model = models[impl] = build_model(name, hidden_dim=16, seed=0,
+                                           backend=backend_name(xp), impl=impl)
+        terms = model.loss_and_grads(x, noise=noise, beta=0.5, weight_decay=0.01)
+        found[impl] = terms, {f"gradient {k}": to_host(g) for k, g in model.grads.items()}
+    for k, g in models["plain"].grads.items():
+        models["gpu"].grads[k][...] = g
+    for impl, model in models.items():
+        before = {k: to_host(p) for k, p in model.params.items()}
+        adam = make_adam(model, lr=1e-3)
+        adam.step()
+        state, arrays = adam.state_dict(), found[impl][1]
+        for k, p in model.params.items():
+            arrays[f"Adam's change of {k}"] = to_host(p) - before[k]
+            arrays[f"Adam's m.{k}"], arrays[f"Adam's v.{k}"] = (to_host(state[f"{m}.{k}"])
+                                                                for m in "mv")
+    (t0, a0), (t1, a1) = found["plain"], found["gpu"]
+    if not np.allclose(t1, t0, rtol=tolerance):
+        return f"{name}: loss terms {tuple(t1)} against {tuple(t0)}"
+    for k in a0:
+        err = float(np.abs(a1[k] - a0[k]).max()) / max(1e-12, float(np.abs(a0[k]).max()))
+        if not err <= tolerance:
+            return f"{name}: {k} off by {err:.1e} relative"
+    return None
 
 
 def tier_of(model):

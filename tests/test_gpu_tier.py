@@ -88,6 +88,28 @@ def test_auto_takes_the_gpu_tier_after_its_self_check(standin, monkeypatch, caps
     assert tiers.resolve_impl("auto", np) == "fast"
 
 
+def test_the_self_check_catches_a_wrong_adam(standin, monkeypatch, capsys):
+    """The Adam CuPy's fusion made of the first adam_step (1 - b1 and 1 - b2 in half
+    precision: 0.10009766 and 0.00097656): every gradient right, every step 1.3% too large;
+    auto falls back to plain."""
+    from minivae import tiers
+    from minivae.gpu import kernels
+
+    body = kernels.adam_step.__wrapped__
+
+    @kernels.fused
+    def adam_step_in_half(p, g, m, v, b1, b2, one_minus_b1, one_minus_b2, bias1, bias2, lr,
+                          eps):
+        half = np.float16                         # 1 - b computed as CuPy's fusion typed it
+        body(p, g, m, v, b1, b2, half(1) - half(b1), half(1) - half(b2), bias1, bias2, lr, eps)
+
+    monkeypatch.setattr(tiers, "_SELF_CHECKS", {})
+    monkeypatch.setattr(kernels, "adam_step", adam_step_in_half)
+    assert tiers.resolve_impl("auto", standin) == "plain"
+    err = capsys.readouterr().err
+    assert "gpu tier failed its self-check" in err and "Adam's" in err, err
+
+
 # --------------------------------------------------------------------------------------------
 # The program on --backend cupy, in subprocesses that find the stand-in as `cupy`
 
