@@ -178,12 +178,14 @@ def markdown_counts(report):
 
 
 def cuda_timer(cupy):
-    """timed(fn) -> ms between two CUDA events around fn on the current stream."""
-    def timed(fn):
+    """timed(fn, stream) -> ms between two CUDA events recorded on `stream` around fn, which
+    runs its work on that stream (an event on another stream would not wait for it)."""
+    def timed(fn, stream):
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        fn()
-        end.record()
+        with stream:
+            start.record(stream)
+            fn()
+            end.record(stream)
         end.synchronize()
         return cupy.cuda.get_elapsed_time(start, end)
     return timed
@@ -217,7 +219,7 @@ def graph_step(name, batch, cupy):
         print(f"gpu_bench.py: no CUDA graph row for {name}: {type(e).__name__}: {e}",
               file=sys.stderr)
         return None
-    return lambda: graph.launch(stream)
+    return (lambda: graph.launch(stream)), stream
 
 
 def time_rows(args, cupy):
@@ -234,16 +236,20 @@ def time_rows(args, cupy):
             host_x = minivae_step(name, batch, "gpu", cupy)[1]
             graph = graph_step(name, batch, cupy)
             if graph is not None:
-                steps["gpu graph"] = graph
+                steps["gpu graph"] = graph[0]
             if torch_ok:
                 steps["pytorch"] = torch_step(name, host_x, TORCH_DEVICE)
             for fn in steps.values():
                 for _ in range(args.warmup):
                     fn()
             times = {label: [] for label in steps}
+            streams = {label: cupy.cuda.get_current_stream() for label in steps}
+            if graph is not None:
+                streams["gpu graph"] = graph[1]
             for _ in range(args.repeats):
                 for label, fn in steps.items():
-                    times[label] += [timed(fn) for _ in range(max(1, args.steps // args.repeats))]
+                    times[label] += [timed(fn, streams[label])
+                                     for _ in range(max(1, args.steps // args.repeats))]
             row = dict(model=name, batch_size=batch,
                        ms={label: statistics.median(t) for label, t in times.items()})
             if "pytorch" in row["ms"]:
