@@ -177,7 +177,7 @@ def test_gpu_bench_counts_launches_on_the_standin():
     rows = {r["model"]: r for r in json.loads(p.stdout)["rows"]}
     assert rows["mlp"]["gpu"] == {"launches": rows["mlp"]["gpu"]["launches"], "reads": 1,
                                   "uploads": 1}
-    assert rows["mlp"]["gpu"]["launches"] <= 40 and rows["conv"]["gpu"]["launches"] <= 120
+    assert rows["mlp"]["gpu"]["launches"] <= 35 and rows["conv"]["gpu"]["launches"] <= 100
     assert rows["conv"]["plain"]["reads"] > 1
     if rows["conv"]["torch"] is not None:
         assert rows["conv"]["gpu"]["launches"] < rows["conv"]["torch"] / 2
