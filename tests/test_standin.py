@@ -217,3 +217,91 @@ def test_what_the_program_touches(standin):
     from minivae.backend import array_module, cupy_status, get_backend, to_host
     assert cupy_status()[0] is cp and get_backend("cupy") is cp
     assert array_module(cp.ones(2)) is cp and isinstance(to_host(cp.ones(2)), np.ndarray)
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA graphs: capture records, replay runs, under CUDA's rules (tests/standin/cupy/_device.py)
+
+
+def capture(cp, stream, step, pool=None):
+    """The graph of step() captured on stream (with `pool`'s allocator when given)."""
+    allocator = cp.cuda.using_allocator(pool.malloc) if pool is not None else _nothing()
+    with stream, allocator:
+        stream.begin_capture()
+        step()
+        return stream.end_capture()
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_capture_runs_nothing_and_a_replay_runs_it_as_one_launch(standin):
+    cp = standin
+    x, y, count = cp.ones(4), cp.zeros(4), cp.zeros(1, dtype=np.int64)
+
+    def step():
+        t = x * 2                   # a temporary made during the capture
+        y[...] = y + t
+        count[...] = count + 1
+    step()                          # every kernel loaded (and the first step taken)
+    stream = cp.cuda.Stream(non_blocking=True)
+    graph = capture(cp, stream, step)
+    np.testing.assert_array_equal(y.get(), [2, 2, 2, 2])        # the capture ran nothing
+    cp.standin.reset()
+    graph.launch(stream)
+    graph.launch(stream)
+    assert cp.standin.counts() == {"launches": 2, "reads": 0, "uploads": 0}
+    np.testing.assert_array_equal(y.get(), [6, 6, 6, 6])
+    assert int(count[0]) == 3
+
+
+def test_what_a_capture_refuses_raises_and_invalidates_it(standin):
+    cp = standin
+    x = cp.ones(4)
+    (x * 2).sum()
+    refused = {"a read": lambda: float(x[0]), "an upload": lambda: cp.asarray(np.ones(2)),
+               "a synchronize": lambda: cp.cuda.Device(0).synchronize(),
+               "a kernel not loaded before": lambda: cp.tanh(x),
+               "the cuBLAS handle": lambda: x @ x}
+    for what, call in refused.items():
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            x * 2                                                  # allowed
+            with pytest.raises((RuntimeError, cp.cuda.runtime.CUDARuntimeError)):
+                call()
+            with pytest.raises(cp.cuda.runtime.CUDARuntimeError, match="Invalidated"):
+                stream.end_capture()
+    with pytest.raises(cp.cuda.runtime.CUDARuntimeError):
+        cp.cuda.Stream.null.begin_capture()
+
+
+def test_a_replay_refuses_memory_freed_and_handed_out_again(standin):
+    """A temporary of the captured step is freed after the capture; once the capture's stream
+    allocates from the same pool again, a replay would write someone else's memory. With a
+    pool of the graph's own it cannot happen."""
+    cp = standin
+    x, y = cp.ones(4), cp.zeros(4)
+
+    def step():
+        y[...] = y + x * 2
+    step()
+    stream = cp.cuda.Stream(non_blocking=True)
+    graph = capture(cp, stream, step)
+    graph.launch(stream)                                    # nothing allocated since: fine
+    with stream:
+        cp.empty(4)                                         # the stream's pool hands out again
+    with pytest.raises(cp.cuda.runtime.CUDARuntimeError, match="freed"):
+        graph.launch(stream)
+    own = cp.cuda.MemoryPool()
+    graph = capture(cp, stream, step, pool=own)
+    with stream:
+        cp.empty(4)
+    cp.empty(4)
+    graph.launch(stream)
+    np.testing.assert_array_equal(y.get(), [6, 6, 6, 6])

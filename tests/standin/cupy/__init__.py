@@ -27,7 +27,7 @@ import builtins as _builtins
 
 import numpy as _np
 
-from cupy import _launches
+from cupy import _device, _launches
 
 __version__ = "14.2.0+standin"
 
@@ -57,11 +57,13 @@ class _Counters:
     def read(self, what):
         if self.fusing:
             raise TypeError(f"a fused function cannot read a value to the host ({what})")
+        _device.refuse_while_capturing("D2H transfers")
         self.reads += 1
         if self.log is not None:
             self.log.append(("read", what))
 
     def upload(self, what):
+        _device.refuse_while_capturing("H2D transfers")
         self.uploads += 1
         if self.log is not None:
             self.log.append(("upload", what))
@@ -86,16 +88,74 @@ def _unwrap(value):
     return value
 
 
-def _wrap(value):
+def _wrap(value, sources=()):
+    """Device arrays of NumPy results; one that is a view of a source device array shares its
+    memory, any other is new memory."""
     if isinstance(value, _np.ndarray):
-        return ndarray(value)
+        base = next((s for s in sources if _np.shares_memory(value, s._a)), None)
+        return ndarray(value, None if base is None else base._mem)
     if isinstance(value, _np.generic):             # reductions give 0-d device arrays
         return ndarray(_np.asarray(value))
     if isinstance(value, tuple):
-        return tuple(_wrap(v) for v in value)
+        return tuple(_wrap(v, sources) for v in value)
     if isinstance(value, list):
-        return [_wrap(v) for v in value]
+        return [_wrap(v, sources) for v in value]
     return value
+
+
+def _device_arrays(values):
+    for v in values:
+        if isinstance(v, ndarray):
+            yield v
+        elif isinstance(v, (list, tuple)):
+            yield from _device_arrays(v)
+
+
+def _kernel_key(name, arrays):
+    """What a launch needs loaded: cuBLAS for a product, else the kernel by name and types."""
+    if name in ("matmul", "dot"):
+        return "cublas"
+    return (name,) + tuple((a.dtype.str, a.ndim) for a in arrays)
+
+
+def _host_arrays(value):
+    """The NumPy arrays behind device arrays, in the same structure: what a recorded operation
+    keeps (a graph holds addresses, not the arrays: their memory may be freed meanwhile)."""
+    if isinstance(value, ndarray):
+        return value._a
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host_arrays(v) for v in value)
+    return value
+
+
+def _refill(targets, values):
+    """Copy a re-run's results into the NumPy arrays the first run returned (a replay)."""
+    if isinstance(targets, _np.ndarray):
+        if isinstance(values, ndarray):
+            values = values._a
+        if values is not targets:
+            _np.copyto(targets, values)
+    elif isinstance(targets, (list, tuple)):
+        for t, v in zip(targets, values):
+            _refill(t, v)
+
+
+def _before(arrays):
+    """Call before an operation writes: during a capture, what existed gets saved, since a
+    capture runs nothing (it is put back at end_capture)."""
+    if not standin.fusing and _device.recording():
+        for a in arrays:
+            _device.STATE.capture.touch(a._mem)
+
+
+def _issue(name, count, arrays, rerun):
+    """Count `count` launches of `name` on `arrays` (device arrays), or record them when the
+    stream is capturing (rerun: runs the operation again into the same arrays)."""
+    if standin.fusing:
+        return
+    key = _kernel_key(name, arrays)
+    if _device.kernel(key, rerun, [a._mem for a in arrays]):
+        standin.launch(name, count)
 
 
 def _is_view(result, inputs):
@@ -136,14 +196,22 @@ def _apply(fn, name, args, kwargs, views=False):
     a view, wrap. Inside a fused body a reduction is noted for the kernel's count."""
     a = _unwrap(args)
     k = {key: _unwrap(v) for key, v in kwargs.items()}
+    sources = list(_device_arrays(args)) + list(_device_arrays(kwargs.values()))
+    _before(sources)
     result = fn(*a, **k)
     inputs = list(_flat_arrays(a)) + list(_flat_arrays(k.values()))
     if standin.fusing and name in _FUSABLE_REDUCTIONS:
         standin.reductions.append((a[0], k.get("axis", a[1] if len(a) > 1 else None)))
-    if not (views and _is_view(result, inputs)):
+    if views and _is_view(result, inputs):
+        return _wrap(result, sources)
+    wrapped = _wrap(result)
+    if not standin.fusing:
         rule = _RULES.get(name)
-        standin.launch(name, 1 if rule is None or standin.fusing else rule(*a, **k))
-    return _wrap(result)
+        targets = _host_arrays(wrapped)
+        _issue(name, 1 if rule is None else rule(*a, **k),
+               sources + list(_device_arrays([wrapped])),
+               lambda: _refill(targets, fn(*a, **k)))
+    return wrapped
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,8 +224,9 @@ class ndarray:
     __array_ufunc__ = None            # NumPy's operators hand a device array back to us
     __array_priority__ = 100
 
-    def __init__(self, array):
+    def __init__(self, array, mem=None):
         self._a = array
+        self._mem = _device.Memory(array) if mem is None else mem     # shared by its views
 
     # -- what CuPy refuses
     def __array__(self, *args, **kwargs):
@@ -216,7 +285,7 @@ class ndarray:
     nbytes = property(lambda self: self._a.nbytes)
     strides = property(lambda self: self._a.strides)
     flags = property(lambda self: self._a.flags)
-    T = property(lambda self: ndarray(self._a.T))
+    T = property(lambda self: ndarray(self._a.T, self._mem))
     device = property(lambda self: cuda.Device(0))
 
     def __len__(self):
@@ -229,24 +298,29 @@ class ndarray:
     def __setitem__(self, key, value):
         if isinstance(value, _np.ndarray):
             _mixing(value)
-        self._a[_unwrap(key)] = _unwrap(value)
-        standin.launch("setitem")
+        k, v, target = _unwrap(key), _unwrap(value), self._a
+
+        def run():
+            target[k] = v
+        _before([self])
+        run()
+        _issue("setitem", 1, [self] + list(_device_arrays([key, value])), run)
 
     # -- methods
     def reshape(self, *shape, order="C"):
         return _apply(lambda a: a.reshape(*shape, order=order), "reshape", (self,), {}, True)
 
     def transpose(self, *axes):
-        return ndarray(self._a.transpose(*axes))
+        return ndarray(self._a.transpose(*axes), self._mem)
 
     def swapaxes(self, a1, a2):
-        return ndarray(self._a.swapaxes(a1, a2))
+        return ndarray(self._a.swapaxes(a1, a2), self._mem)
 
     def ravel(self, order="C"):
         return _apply(lambda a: a.ravel(order), "ravel", (self,), {}, True)
 
     def view(self, *args):
-        return ndarray(self._a.view(*args))
+        return ndarray(self._a.view(*args), self._mem)
 
     def copy(self, order="C"):
         return _apply(lambda a: a.copy(order), "copy", (self,), {})
@@ -257,14 +331,19 @@ class ndarray:
         return _apply(lambda a: a.astype(dtype, order=order), "astype", (self,), {})
 
     def fill(self, value):
-        self._a.fill(_unwrap(value))
-        standin.launch("fill")
+        v, target = _unwrap(value), self._a
+
+        def run():
+            target.fill(v)
+        _before([self])
+        run()
+        _issue("fill", 1, [self], run)
 
     def flatten(self):
         return _apply(lambda a: a.flatten(), "flatten", (self,), {})
 
     def squeeze(self, axis=None):
-        return ndarray(self._a.squeeze(axis))
+        return ndarray(self._a.squeeze(axis), self._mem)
 
     def dot(self, other, out=None):
         return dot(self, other, out=out)
@@ -297,8 +376,13 @@ def _operator(op, name):
 
 def _inplace(op, name):
     def method(self, other):
-        op(self._a, _unwrap(other), out=self._a)
-        standin.launch(name)
+        b, target = _unwrap(other), self._a
+
+        def run():
+            op(target, b, out=target)
+        _before([self])
+        run()
+        _issue(name, 1, [self] + list(_device_arrays([other])), run)
         return self
     method.__name__ = name
     return method
@@ -409,8 +493,11 @@ def empty_like(a, dtype=None):
 
 def _filled(make):
     def create(*args, **kwargs):
-        standin.launch(make.__name__)
-        return ndarray(make(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+        a, k = _unwrap(args), {key: _unwrap(v) for key, v in kwargs.items()}
+        out = ndarray(make(*a, **k))
+        target = out._a
+        _issue(make.__name__, 1, [out], lambda: _np.copyto(target, make(*a, **k)))
+        return out
     create.__name__ = make.__name__
     return create
 
@@ -455,25 +542,22 @@ def fuse(*args, **kwargs):
                 _mixing(a)
             if standin.fused_calls is not None:
                 standin.fused_calls.append((fn, call_args))
-            standin.fusing += 1
-            standin.reductions = []
-            try:
-                result = fn(*call_args)
-                if len(standin.reductions) > 1:
-                    raise _FusionError(f"{fn.__name__}: cupy.fuse traces one reduction per "
-                                       f"kernel, this body has {len(standin.reductions)}")
-            finally:
-                standin.fusing -= 1
-            reductions, standin.reductions = standin.reductions, []
+            arrays = list(_device_arrays(call_args))
+            _before(arrays)
+            result, reductions = _run_body(fn, call_args)
+            outputs = _own_outputs(result, call_args)
+            count = 1
             if reductions:
-                arrays = [_unwrap(a) for a in call_args if a is not None]
-                first = next(a for a in arrays if isinstance(a, _np.ndarray))
-                standin.launch(f"fuse:{fn.__name__}", _launches.reduction_kernel(
+                values = [_unwrap(a) for a in call_args if a is not None]
+                first = next(a for a in values if isinstance(a, _np.ndarray))
+                count = _launches.reduction_kernel(
                     _np.broadcast_to(first, reductions[0][0].shape),
-                    _launches._axes(reductions[0][1], reductions[0][0].ndim), len(arrays)))
-            else:
-                standin.launch(f"fuse:{fn.__name__}")
-            return _own_outputs(result, call_args)
+                    _launches._axes(reductions[0][1], reductions[0][0].ndim), len(values))
+            targets, host_args = _host_arrays(outputs), _host_arrays(call_args)
+            _issue(f"fuse:{fn.__name__}", count, arrays + list(_device_arrays([outputs])),
+                   lambda: _refill(targets, _run_body(fn, [
+                       ndarray(a) if isinstance(a, _np.ndarray) else a for a in host_args])[0]))
+            return outputs
         fused.__name__ = fn.__name__
         fused.__doc__ = fn.__doc__
         fused.__wrapped__ = fn
@@ -482,6 +566,21 @@ def fuse(*args, **kwargs):
     if len(args) == 1 and callable(args[0]) and not kwargs:
         return decorate(args[0])
     return decorate
+
+
+def _run_body(fn, args):
+    """(what the fused body returns, the reductions it made), its operations not counted."""
+    standin.fusing += 1
+    standin.reductions = []
+    try:
+        result = fn(*args)
+        if len(standin.reductions) > 1:
+            raise _FusionError(f"{fn.__name__}: cupy.fuse traces one reduction per kernel, this "
+                               f"body has {len(standin.reductions)}")
+    finally:
+        standin.fusing -= 1
+    reductions, standin.reductions = standin.reductions, []
+    return result, reductions
 
 
 def _own_outputs(result, inputs):
@@ -535,9 +634,15 @@ class _AtUfunc:
             raise TypeError(f"{self.__name__}.at takes a cupy.ndarray")
         if standin.fusing:
             raise _FusionError(f"cupy.{self.__name__}.at cannot be used inside a fused function")
-        values = _unwrap(b)
-        self._ufunc.at(a._a, _unwrap(indices), values)
-        standin.launch(f"{self.__name__}.at", _launches.add_at(a._a, indices, values))
+        values, where, target, ufunc = _unwrap(b), _unwrap(indices), a._a, self._ufunc
+
+        def run():
+            ufunc.at(target, where, values)
+        _before([a])
+        run()
+        if _device.kernel((f"{self.__name__}.at", a.dtype.str), run,
+                          [x._mem for x in _device_arrays([a, indices, b])]):
+            standin.launch(f"{self.__name__}.at", _launches.add_at(a._a, where, values))
 
 
 add = _AtUfunc(add, _np.add)
@@ -578,7 +683,7 @@ def _as_strided(x, shape=None, strides=None):
     if not isinstance(x, ndarray):
         _mixing(x)
         raise TypeError("as_strided takes a cupy.ndarray")
-    return ndarray(_np.lib.stride_tricks.as_strided(x._a, shape=shape, strides=strides))
+    return ndarray(_np.lib.stride_tricks.as_strided(x._a, shape=shape, strides=strides), x._mem)
 
 
 lib = _Namespace(stride_tricks=_Namespace(as_strided=_as_strided))
@@ -594,18 +699,23 @@ class _Event:
         self.time = time.perf_counter()
 
     def synchronize(self):
-        pass
+        _device.refuse_while_capturing("synchronous API calls")
 
 
 def _get_elapsed_time(start, end):
     return (end.time - start.time) * 1e3
 
 
-class _Context:
-    """What a device and a stream offer the program: synchronize, and `with`."""
+class _Device:
+    def __init__(self, device=0):
+        self.id = device
+        self.compute_capability = "90"
+
+    def use(self):
+        pass
 
     def synchronize(self):
-        pass
+        _device.refuse_while_capturing("synchronous API calls")
 
     def __enter__(self):
         return self
@@ -614,49 +724,23 @@ class _Context:
         return False
 
 
-class _Device(_Context):
-    def __init__(self, device=0):
-        self.id = device
-        self.compute_capability = "90"
-
-    def use(self):
-        pass
-
-
-class _MemoryPool:
-    def used_bytes(self):
-        return 0
-
-    def total_bytes(self):
-        return 0
-
-    def free_all_blocks(self):
-        pass
-
-
-_pool = _MemoryPool()
-
-
 def get_default_memory_pool():
-    return _pool
+    return _device.STATE.default_pool
 
 
 def get_default_pinned_memory_pool():
-    return _pool
+    return _device.STATE.default_pool
 
 
-class _Stream(_Context):
-    def __init__(self, *args, **kwargs):
-        pass
-
-
-_Stream.null = _Stream()
+_device.Stream.null = _device.STATE.null
+_device.STATE.count_launch = standin.launch
 
 cuda = _Namespace(
     runtime=_Namespace(getDeviceCount=lambda: 1, runtimeGetVersion=lambda: 12040,
                        driverGetVersion=lambda: 12040,
                        getDeviceProperties=lambda i: {"name": b"CuPy stand-in (CPU)",
                                                       "totalGlobalMem": 0},
-                       CUDARuntimeError=RuntimeError),
-    Event=_Event, get_elapsed_time=_get_elapsed_time, Device=_Device, Stream=_Stream,
-    get_current_stream=lambda: _Stream.null, MemoryPool=_MemoryPool)
+                       CUDARuntimeError=_device.CUDARuntimeError),
+    Event=_Event, get_elapsed_time=_get_elapsed_time, Device=_Device, Stream=_device.Stream,
+    get_current_stream=_device.current_stream, MemoryPool=_device.MemoryPool,
+    using_allocator=_device.using_allocator, graph=_Namespace(Graph=_device.Graph))
