@@ -10,17 +10,18 @@ backward, torch.optim.Adam (foreach) and `loss.item()`. Both read the loss back 
     python benchmarks/gpu_bench.py --models conv --batch-sizes 64 --steps 100 --json out.json
 
 --count runs each tier's step on the CuPy stand-in (PYTHONPATH=tests/standin; real CuPy has no
-counters) and reports its kernel launches (every operation that is not a view; a fused kernel
-is one), device-to-host reads and host-to-device uploads, beside PyTorch's per-step count from
+counters) and reports its kernel launches (as CuPy's code launches them:
+tests/standin/cupy/_launches.py), device-to-host reads and host-to-device uploads, and those of
+the gpu tier's step replayed from a CUDA graph, beside PyTorch's per-step count from
 its operator trace on the CPU (torch.profiler): every outermost `aten::` operator of the step
 that is not a view or an allocation, each counted as one CUDA kernel (a lower bound: cuDNN's
 convolutions and some reductions launch several), and each `_foreach_*` operator of its Adam as
 one (on CUDA one launch per op covers up to a few dozen tensors: a seed model has 10 or 26).
 
 The timing (a GPU usable through CuPy) gives, per model and batch size, the median ms per step of
-the plain tier, the gpu tier, the gpu tier's step captured once in a CUDA graph and replayed
-(fixed shapes: x and the noise on the device, the loss left there), and PyTorch eager CUDA; each
-step between two CUDA events after warm-up steps, the libraries interleaved in blocks.
+the plain tier, the gpu tier, the gpu tier's step replayed from a CUDA graph as `minivae train`
+replays it (minivae/gpu/replay.py), and PyTorch eager CUDA; each step between two CUDA events
+recorded on the stream it runs on, after warm-up steps, the libraries interleaved in blocks.
 Without a GPU it says so in one line (status 1; 0 with --skip-without-gpu).
 """
 
@@ -143,33 +144,43 @@ def count_rows(models, batch_sizes):
                 cupy.standin.reset()
                 step()
                 row[impl] = cupy.standin.counts()
+            graph = graph_step(name, batch, cupy, 3)
+            row["graph"] = None
+            if graph is not None:
+                graph[0]()
+                cupy.standin.reset()
+                graph[0]()
+                row["graph"] = cupy.standin.counts()
             row["torch"] = (torch_kernels(torch_step(name, host_x, "cpu"))
                             if torch is not None else None)
             rows.append(row)
     return dict(kind="count", rows=rows)
 
 
+def _counts(c):
+    return "-" if c is None else f"{c['launches']} / {c['reads']} / {c['uploads']}"
+
+
 def format_counts(report):
-    lines = [f"{'model':<5} {'batch':>5}  {'plain: launches reads uploads':>29}  "
-             f"{'gpu: launches reads uploads':>27}  {'PyTorch kernels':>15}  gpu / PyTorch"]
+    lines = [f"{'model':<5} {'batch':>5}  {'plain':>14}  {'gpu':>10}  {'graph':>9}  "
+             f"{'PyTorch kernels':>15}  gpu / PyTorch   (launches / reads / uploads a step)"]
     for r in report["rows"]:
-        p, g, t = r["plain"], r["gpu"], r["torch"]
-        lines.append(f"{r['model']:<5} {r['batch_size']:>5}  {p['launches']:>13} {p['reads']:>5} "
-                     f"{p['uploads']:>9}  {g['launches']:>11} {g['reads']:>5} {g['uploads']:>9}  "
+        t = r["torch"]
+        lines.append(f"{r['model']:<5} {r['batch_size']:>5}  {_counts(r['plain']):>14}  "
+                     f"{_counts(r['gpu']):>10}  {_counts(r['graph']):>9}  "
                      f"{t if t is not None else '-':>15}  "
-                     f"{g['launches'] / t if t else float('nan'):>13.2f}")
+                     f"{r['gpu']['launches'] / t if t else float('nan'):>13.2f}")
     return "\n".join(lines)
 
 
 def markdown_counts(report):
-    rows = ["| model, batch | plain tier: launches / reads / uploads | gpu tier | PyTorch eager "
-            "(kernels) | gpu / PyTorch |", "|---|---:|---:|---:|---:|"]
+    rows = ["| model, batch | plain tier: launches / reads / uploads | gpu tier | gpu tier, "
+            "graph | PyTorch eager (kernels) | gpu / PyTorch |", "|---|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
-        p, g, t = r["plain"], r["gpu"], r["torch"]
-        ratio = f"{g['launches'] / t:.2f}" if t else "-"
-        rows.append(f"| {r['model']}, {r['batch_size']} | {p['launches']} / {p['reads']} / "
-                    f"{p['uploads']} | {g['launches']} / {g['reads']} / {g['uploads']} | "
-                    f"{t or '-'} | {ratio} |")
+        t = r["torch"]
+        ratio = f"{r['gpu']['launches'] / t:.2f}" if t else "-"
+        rows.append(f"| {r['model']}, {r['batch_size']} | {_counts(r['plain'])} | "
+                    f"{_counts(r['gpu'])} | {_counts(r['graph'])} | {t or '-'} | {ratio} |")
     return "\n".join(rows)
 
 
@@ -191,35 +202,29 @@ def cuda_timer(cupy):
     return timed
 
 
-def graph_step(name, batch, cupy):
-    """The gpu tier's step captured in a CUDA graph (None where this CuPy cannot capture)."""
+def graph_step(name, batch, cupy, replays):
+    """(replay, stream): the gpu tier's step replayed from a CUDA graph as `minivae train`
+    replays it (minivae/gpu/replay.py: the batch and its noise picked on the device, Adam's
+    count advancing at every replay, for up to `replays` replays); None where this CuPy or
+    driver cannot capture it, with one line saying why."""
+    from minivae.gpu.replay import GraphUnavailable, ReplayedStep
     from minivae.tiers import build_model, make_adam
 
     s = spec(name).defaults
     model = build_model(name, seed=0, backend="cupy", impl="gpu")
     opt = make_adam(model, lr=s["lr"])
     rng = np.random.default_rng(1)
-    x = cupy.asarray(rng.random(spec(name).input_shape(batch), dtype=np.float32))
-    noise = cupy.asarray(rng.standard_normal((batch, s["latent_dim"]), dtype=np.float32))
-
-    def step():
-        model.grads_on_device(x, noise, s["beta"], s["weight_decay"])
-        opt.step()
-    step()                                    # compile every kernel before capturing
-    stream = cupy.cuda.Stream(non_blocking=True)
-    if not hasattr(stream, "begin_capture"):
-        return None
+    images = rng.integers(0, 256, (2 * batch, 28, 28), dtype=np.uint8)
+    step = ReplayedStep(model, opt, images, spec(name), batch, s["weight_decay"], replays)
+    step.load_epoch(np.arange(replays * batch) % len(images),
+                    rng.standard_normal((replays * batch, s["latent_dim"])),
+                    step.numbers_for([s["beta"]] * replays, 1))
     try:
-        with stream:
-            step()                            # the step's arrays come from the pool first
-            stream.begin_capture()
-            step()
-            graph = stream.end_capture()
-    except Exception as e:                    # this CuPy or driver cannot capture it: no row
-        print(f"gpu_bench.py: no CUDA graph row for {name}: {type(e).__name__}: {e}",
-              file=sys.stderr)
+        step.capture()
+    except GraphUnavailable as e:
+        print(f"gpu_bench.py: no CUDA graph row for {name}: {e}", file=sys.stderr)
         return None
-    return (lambda: graph.launch(stream)), stream
+    return step.replay, step.stream
 
 
 def time_rows(args, cupy):
@@ -234,7 +239,7 @@ def time_rows(args, cupy):
             batch = spec(name).defaults["batch_size"] if size == "seed" else size
             steps = {impl: minivae_step(name, batch, impl, cupy)[2] for impl in TIERS}
             host_x = minivae_step(name, batch, "gpu", cupy)[1]
-            graph = graph_step(name, batch, cupy)
+            graph = graph_step(name, batch, cupy, args.warmup + args.steps + 1)
             if graph is not None:
                 steps["gpu graph"] = graph[0]
             if torch_ok:

@@ -181,9 +181,15 @@ step pytest-cupy 150 "$PY -m pytest -q -rs -k cupy -p no:cacheprovider \
 for run in mlp:mnist conv:fashion-mnist; do
     model=${run%%:*} dataset=${run#*:}
     dir=$RUNS/$model-$dataset
-    # --impl auto: the gpu tier once it passes its self-check (the log says if it did not)
+    # --impl auto: the gpu tier once it passes its self-check (the log says if it did not);
+    # --cuda-graph auto (the default): the step replayed from a CUDA graph, then the same run
+    # eagerly, and the two compared (the same kernels on the same inputs: equal to rounding)
     step train-$model 120 "$MV train --model $model --dataset $dataset --backend cupy --epochs 1 \
 --mirror gpu-data --data-dir $DATA --out $dir" gpu-data
+    step train-eager-$model 120 "$MV train --model $model --dataset $dataset --backend cupy \
+--epochs 1 --cuda-graph off --mirror gpu-data --data-dir $DATA --out $dir-eager" gpu-data
+    step compare-$model 30 "grep -q 'replayed from a CUDA graph' $WORK/train-$model.log && \
+$PY benchmarks/gpu_check_compare.py $dir $dir-eager" train-eager-$model
     step plot-$model 60 "$MV plot $dir" train-$model
     # 20 importance samples, not the default 100: the check has minutes, not hours
     step evaluate-$model 90 "$MV evaluate $dir --iw-samples 20" train-$model

@@ -23,7 +23,7 @@ from minivae.flags import (backend_arg, data_args, impl_arg, no_download_arg, no
                            non_negative_int, positive_float, positive_int, saved_run_args,
                            seed_defaults, threads_arg, within)
 from minivae.backend import BackendError
-from minivae.config import DTYPES, RECON_FROM, SETTINGS, make_config
+from minivae.config import CUDA_GRAPH, DTYPES, RECON_FROM, SETTINGS, make_config
 from minivae.download import DATASETS, DownloadError, download, mirrors
 from minivae.errors import TrainError
 from minivae.evaluate import ACTIVE_VARIANCE, evaluate_run
@@ -122,6 +122,10 @@ def train_arguments(p):
     p.add_argument("--recon-from", choices=RECON_FROM,
                    help="epoch_<N>.png decodes a sampled z (sample, as the seeds do) or the "
                         "posterior mean (mean) (default: sample)")
+    p.add_argument("--cuda-graph", choices=CUDA_GRAPH,
+                   help="on CuPy with the gpu tier, capture the training step once in a CUDA "
+                        "graph and replay it (auto, the default, where the capture works and "
+                        "passes its check) or run it eagerly (off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     threads_arg(p)
 

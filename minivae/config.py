@@ -21,6 +21,7 @@ from minivae.models import MODELS
 from minivae.tiers import IMPLS
 
 DTYPES = ("float32", "float64")
+CUDA_GRAPH = ("auto", "off")
 MAX_SAMPLE_SIZE = 32      # the picture grids: at most 32 x 32 images
 RECON_FROM = ("sample", "mean")
 
@@ -55,6 +56,7 @@ class Config:
     recon_from: str = "sample"
     keep_checkpoints: Optional[int] = None  # None: keep every checkpoint
     threads: Optional[int] = None           # BLAS threads; None: auto (minivae.threads)
+    cuda_graph: Optional[str] = None        # "auto" / "off"; None: auto, not asked for
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -145,6 +147,9 @@ def check_config(cfg):
                              f"{getattr(cfg, key)!r}")
     one_of("backend", BACKENDS, "backend")
     one_of("impl", IMPLS, "impl")
+    if cfg.cuda_graph is not None and cfg.cuda_graph not in CUDA_GRAPH:
+        raise TrainError(f"--cuda-graph must be one of {', '.join(CUDA_GRAPH)}, got "
+                         f"{cfg.cuda_graph!r}")
 
 
 def resume_settings(saved, given, out):

@@ -33,14 +33,19 @@ from typing import Callable, Optional
 import numpy as np
 
 from minivae import data, plots, signals, threads
-from minivae.backend import to_host
+from minivae.backend import backend_name, to_host
 from minivae.checkpoint import save_checkpoint
 from minivae.config import check_config
 from minivae.errors import NonFiniteLossError, TrainError
 from minivae.evaluate import decode_probs, latent_metrics, noise, reconstruct, test_neg_elbo
+from minivae.gpu.replay import GraphUnavailable, ReplayedStep, why_not
+from minivae.models import LossTerms
 from minivae.progress import bar as progress_bar, say as _say
 from minivae.run import (LOSS, ORIGINAL, STREAM_GRID, STREAM_RECON, STREAM_SAMPLES,
                          RunFolder, choose_backend, fresh_state, stream_rng)
+from minivae.tiers import tier_of
+
+READ_EVERY_S = 0.25         # a replayed epoch reads its loss sums this often (and at its end)
 
 
 def kl_weight(cfg, step):
@@ -76,6 +81,7 @@ class Run:
     progress: bool = True
     writer: object = None       # a tensorboardX SummaryWriter, or None
     callback: Optional[Callable] = None
+    replay: object = None       # a gpu.replay.ReplayedStep for the full batches, or None
 
 
 def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=None,
@@ -98,6 +104,7 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
     existed = Path(cfg.out).is_dir()
     run, ckpt = _start(cfg, resume, progress, warn, verbose)
     run.callback = callback
+    run.replay = _replayed_step(run, log, warn)
     history = _history(run, ckpt, resume and existed, log, warn)
     grid = _fixed_grid(run)
     run.writer = _tensorboard_writer(cfg, run.folder)
@@ -267,45 +274,161 @@ def _nonfinite_msg(run, epoch, step, what, last_good):
             f"try a lower --lr")
 
 
+class Tally:
+    """An epoch's training loss terms, summed over its images as the steps come in."""
+
+    def __init__(self, run, epoch):
+        self.run, self.epoch = run, epoch
+        self.sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "reg": 0.0}
+        self.seen, self.beta = 0, None
+        self.bar = progress_bar(run.progress, total=run.steps_per_epoch,
+                                desc=f"epoch {epoch}/{run.cfg.epochs}", unit="batch", leave=True)
+        self.t0 = time.perf_counter()
+
+    def check(self, step, terms):
+        """terms' values as floats; NonFiniteLossError if one is not finite."""
+        values = {k: float(getattr(terms, k)) for k in self.sums}
+        if not all(math.isfinite(v) for v in values.values()):
+            raise NonFiniteLossError(_nonfinite_msg(self.run, self.epoch, step, "loss",
+                                                    self.epoch - 1))
+        return values
+
+    def add(self, step, terms, values, n, beta):
+        """Step `step`'s loss terms (already checked), over n images, at KL weight beta."""
+        run = self.run
+        self.seen += n
+        for k, v in values.items():
+            self.sums[k] += v * n
+        self.beta = beta
+        self.bar.set_postfix(loss=f"{self.sums['loss'] / self.seen:.3f}", refresh=False)
+        _log_step(run, (self.epoch - 1) * run.steps_per_epoch + step, values, beta)
+        if run.callback is not None:
+            run.callback(self.epoch, step, terms)
+
+    def row(self):
+        row = {"epoch": self.epoch}
+        row.update({f"train_{k}": v / self.seen for k, v in self.sums.items()})
+        row["beta"] = self.beta             # the KL weight in force at the end of the epoch
+        row["seconds"] = time.perf_counter() - self.t0
+        return row
+
+
 def _train_epoch(run, epoch):
     """One epoch of Adam steps over a fresh permutation of the training set -> its metrics row
     (the training loss terms averaged over the images, the KL weight, the seconds)."""
+    if run.replay is not None:
+        return _train_epoch_replayed(run, epoch)
     cfg, model, spec = run.cfg, run.model, run.cfg.spec
-    sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "reg": 0.0}
-    seen = 0
-    bar = progress_bar(run.progress, total=run.steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}",
-                       unit="batch", leave=True)
-    t0 = time.perf_counter()
+    tally = Tally(run, epoch)
     try:
         batches = data.batches(run.train_x, None, batch_size=cfg.batch_size, xp=model.xp,
                                dtype=model.dtype, rng=run.data_rng, shuffle=True,
                                drop_last=spec.drop_last, pad=spec.pad, flatten=spec.flatten)
         for step, (x, _) in enumerate(batches, 1):
             signals.check()                   # a Ctrl-C or SIGTERM that something swallowed
-            beta = kl_weight(cfg, run.step)
-            with np.errstate(all="ignore"):   # overflow is caught below, as a non-finite loss
-                terms = model.loss_and_grads(x, beta=beta, weight_decay=cfg.weight_decay)
-            values = {k: float(getattr(terms, k)) for k in sums}
-            if not all(math.isfinite(v) for v in values.values()):
-                raise NonFiniteLossError(_nonfinite_msg(run, epoch, step, "loss", epoch - 1))
-            with np.errstate(all="ignore"):
-                run.opt.step()
-            run.step += 1
-            seen += len(x)
-            for k, v in values.items():
-                sums[k] += v * len(x)
-            bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", refresh=False)
-            _log_step(run, (epoch - 1) * run.steps_per_epoch + step, values, beta)
-            if run.callback is not None:
-                run.callback(epoch, step, terms)
+            _eager_step(run, tally, step, x, None)
     finally:
-        bar.close()
-    row = {"epoch": epoch}
-    row.update({f"train_{k}": v / seen for k, v in sums.items()})
-    row["beta"] = beta                  # the KL weight in force at the end of the epoch
-    row["seconds"] = time.perf_counter() - t0
-    return row
+        tally.bar.close()
+    return tally.row()
+
+
+def _eager_step(run, tally, step, x, eps):
+    """One training step as the engine runs it (eps: its noise, or None to draw it)."""
+    beta = kl_weight(run.cfg, run.step)
+    with np.errstate(all="ignore"):       # overflow is caught below, as a non-finite loss
+        terms = run.model.loss_and_grads(x, noise=eps, beta=beta,
+                                         weight_decay=run.cfg.weight_decay)
+    values = tally.check(step, terms)
+    with np.errstate(all="ignore"):
+        run.opt.step()
+    run.step += 1
+    tally.bar.update(1)
+    tally.add(step, terms, values, len(x), beta)
+
+
+# --------------------------------------------------------------------------------------------
+# The step replayed from a CUDA graph (minivae/gpu/replay.py)
+
+
+def _replayed_step(run, log, warn):
+    """The ReplayedStep for the run's full batches, captured and checked; None (with one line
+    saying why, where a graph could be expected) where it cannot or should not be used."""
+    cfg, model = run.cfg, run.model
+    if cfg.cuda_graph == "off":
+        return None
+    why = why_not(model, tier_of(model), model.xp)
+    full = len(run.train_x) // cfg.batch_size
+    if why is None and full == 0:
+        why = f"no full batch of {cfg.batch_size} to replay"
+    if why is None:
+        replay = ReplayedStep(model, run.opt, run.train_x, cfg.spec, cfg.batch_size,
+                              cfg.weight_decay, max(full, 2))
+        rng = np.random.default_rng(0)            # check inputs, none of the run's numbers
+        steps = min(full, 2)
+        replay.load_epoch(np.arange(steps * cfg.batch_size) % len(run.train_x),
+                          rng.standard_normal((steps * cfg.batch_size, model.latent_dim)),
+                          replay.numbers_for([cfg.beta] * steps, run.opt.t + 1))
+        try:
+            replay.capture()
+        except GraphUnavailable as e:
+            why = str(e)
+        else:
+            log(f"minivae: the training step is replayed from a CUDA graph (batches of "
+                f"{cfg.batch_size}; --cuda-graph off runs it eagerly)")
+            return replay
+    if cfg.cuda_graph == "auto" or backend_name(model.xp) == "cupy":
+        warn(f"minivae: no CUDA graph: {why}; the training step runs eagerly")
+    return None
+
+
+def _train_epoch_replayed(run, epoch):
+    """_train_epoch with the full batches replayed: the epoch's order and noise drawn as the
+    eager loop draws them and uploaded once, one launch a step, the loss sums read a few times
+    a second and at the end; a last partial batch runs eagerly."""
+    cfg, model, replay = run.cfg, run.model, run.replay
+    n, batch = len(run.train_x), cfg.batch_size
+    order = run.data_rng.permutation(n)                           # as data.batches draws it
+    full = n // batch
+    noise = [model.rng.standard_normal((batch, model.latent_dim), dtype=model.dtype)
+             for _ in range(full)]
+    rest = 0 if cfg.spec.drop_last else n - full * batch
+    last_noise = (model.rng.standard_normal((rest, model.latent_dim), dtype=model.dtype)
+                  if rest else None)
+    betas = [kl_weight(cfg, run.step + i) for i in range(full)]
+    replay.load_epoch(order[:full * batch], np.concatenate(noise) if noise else noise,
+                      replay.numbers_for(betas, run.opt.t + 1))
+    tally = Tally(run, epoch)
+    try:
+        read, read_at = 0, time.perf_counter()
+        for step in range(1, full + 1):
+            signals.check()                   # a Ctrl-C or SIGTERM that something swallowed
+            replay.replay()
+            run.step += 1
+            tally.bar.update(1)
+            if step == full or time.perf_counter() - read_at >= READ_EVERY_S:
+                _account_replayed(run, tally, replay, read, step, betas)
+                read, read_at = step, time.perf_counter()
+        if rest:
+            x = data.to_float(run.train_x[order[full * batch:]], model.xp, model.dtype,
+                              pad=cfg.spec.pad, flatten=cfg.spec.flatten)
+            with replay.stream:
+                _eager_step(run, tally, full + 1, x, model.xp.asarray(last_noise))
+        replay.stream.synchronize()
+    finally:
+        tally.bar.close()
+    return tally.row()
+
+
+def _account_replayed(run, tally, replay, start, stop, betas):
+    """Steps start+1..stop of a replayed epoch into the tally, from one read of their sums
+    (what the eager step's loss_and_grads computes from the same three sums)."""
+    wd, batch = run.cfg.weight_decay, run.cfg.batch_size
+    for i, (bce, kl, squares) in enumerate(replay.read_terms(start, stop), start):
+        recon, kl_value = float(bce) / batch, float(kl) / batch
+        reg = wd * float(squares) if wd != 0 else 0.0
+        terms = LossTerms(recon + betas[i] * kl_value + reg, recon, kl_value, reg)
+        values = tally.check(i + 1, terms)
+        tally.add(i + 1, terms, values, batch, betas[i])
 
 
 def _log_step(run, global_step, values, beta):

@@ -16,6 +16,7 @@ from cupy_trace import device_args, import_cupy, problems, signature, trace
 
 from minivae.backend import array_module as cupy_module
 from minivae.gpu import kernels
+from minivae.gpu.replay import ReplayedStep
 from minivae.models import MODELS
 from minivae.tiers import build_model, make_adam
 
@@ -29,16 +30,22 @@ class Recorded:
 
 def step_calls(name, dtype):
     """[(function, recorded arguments)] of one training step (loss_and_grads with the seed's
-    penalty, then Adam) of model `name` in the gpu tier, at the seed's batch size."""
+    penalty, then Adam) of model `name` in the gpu tier, at the seed's batch size, and of one
+    step as a CUDA graph replays it (gpu/replay.py, run eagerly)."""
     spec = MODELS[name]
+    batch = spec.defaults["batch_size"]
     with standin_modules() as cp:
         model = build_model(name, backend="cupy", impl="gpu", dtype=dtype)
         opt = make_adam(model, lr=spec.defaults["lr"])
-        x = cp.asarray(np.random.default_rng(0).random(
-            spec.input_shape(spec.defaults["batch_size"])).astype(dtype))
+        x = cp.asarray(np.random.default_rng(0).random(spec.input_shape(batch)).astype(dtype))
+        replayed = ReplayedStep(model, opt, np.zeros((batch, 28, 28), np.uint8), spec, batch,
+                                spec.defaults["weight_decay"], 1)
+        replayed.load_epoch(np.arange(batch), np.zeros((batch, model.latent_dim)),
+                            replayed.numbers_for([0.5], 1))
         cp.standin.fused_calls = calls = []
         model.loss_and_grads(x, beta=0.5, weight_decay=spec.defaults["weight_decay"])
         opt.step()
+        replayed.body()
         cp.standin.fused_calls = None
         return [(fn, [Recorded(a) if isinstance(a, cp.ndarray) else a for a in args])
                 for fn, args in calls]
@@ -65,7 +72,7 @@ def test_every_kernel_of_a_training_step_traces_clean_in_real_cupy(cupy, name, d
     found = {name_: p for name_, p in traced.values() if p}
     assert found == {}, found
     names = {name_ for name_, _ in traced.values()}
-    assert "adam_step" in names and "bce_with_logits_bias" in names
+    assert {"adam_step", "bce_with_logits_bias", "to_unit", "pixel_sources"} <= names
 
 
 def adam_step_before(p, g, m, v, b1, b2, bias1, bias2, lr, eps):

@@ -58,9 +58,12 @@ def test_dry_run_lists_every_step_of_the_check():
     assert lines[0].startswith("budget 450 s")
     steps = {line.split()[0]: line for line in lines[1:]}
     assert list(steps) == [
-        "env", "pytest-cupy", "train-mlp", "plot-mlp", "evaluate-mlp", "train-conv", "plot-conv",
+        "env", "pytest-cupy", "train-mlp", "train-eager-mlp", "compare-mlp", "plot-mlp",
+        "evaluate-mlp", "train-conv", "train-eager-conv", "compare-conv", "plot-conv",
         "evaluate-conv", "gpu-bench", "gradcheck-plain-float64", "gradcheck-plain-float32",
         "gradcheck-gpu-float64", "gradcheck-gpu-float32", "bench-mlp", "bench-conv"]
+    assert "--cuda-graph off" in steps["train-eager-conv"]
+    assert "gpu_check_compare.py" in steps["compare-conv"]
     assert "-k cupy" in steps["pytest-cupy"]
     for impl in ("plain", "gpu"):
         for dtype in ("float64", "float32"):
@@ -185,7 +188,7 @@ def test_gpu_bench_counts_launches_on_the_standin():
 
 def test_gpu_bench_timing_rehearsed_on_the_standin(standin, monkeypatch):
     """The timing with the stand-in for CuPy and PyTorch's CPU for CUDA: every code path but
-    the CUDA calls and the graph capture (the stand-in cannot capture: no graph row)."""
+    the CUDA calls (the stand-in captures and replays the graph row's step)."""
     gb = load_gpu_bench()
     monkeypatch.setattr(gb, "TORCH_DEVICE", "cpu")
     args = gb.parse_args(["--models", "mlp", "--batch-sizes", "seed", "3", "--steps", "2",
@@ -195,5 +198,20 @@ def test_gpu_bench_timing_rehearsed_on_the_standin(standin, monkeypatch):
     assert [(r["model"], r["batch_size"]) for r in report["rows"]] == [("mlp", 128), ("mlp", 3)]
     for r in report["rows"]:
         assert set(r["ms"]) >= {"plain", "gpu"} and all(v > 0 for v in r["ms"].values())
-        assert "gpu graph" not in r["ms"]
+        assert "gpu graph" in r["ms"]                  # the stand-in captures and replays
     assert gb.format_times(report).splitlines()[0].startswith("gpu_bench: CuPy stand-in (CPU)")
+
+
+def test_the_compare_step_passes_equal_runs_and_fails_different_ones(tmp_path):
+    """benchmarks/gpu_check_compare.py: the graph run against the eager one, seconds aside."""
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check_compare", ROOT / "benchmarks" / "gpu_check_compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    for name, loss, seconds in (("graph", "100.0", "1.5"), ("eager", "100.000001", "9.0"),
+                                ("other", "100.1", "1.5")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.csv").write_text(
+            f"epoch,train_loss,seconds\n1,{loss},{seconds}\n")
+    assert compare.main([str(tmp_path / "graph"), str(tmp_path / "eager")]) == 0
+    assert compare.main([str(tmp_path / "graph"), str(tmp_path / "other")]) == 1

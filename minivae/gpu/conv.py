@@ -100,11 +100,13 @@ def pixel_index(nchw, kh, kw, stride, padding, layout, xp):
 def slot(buffers, key, shape, dtype, xp):
     """(view, buffer): a kept buffer of prod(shape) + 1 elements whose last stays zero (the
     gathers' padding), and the view of the rest shaped `shape`, for a layer to write into; made
-    once per key and shape (buffers: the layer's dict)."""
+    once per key, shape and dtype and kept for the layer's life (buffers: the layer's dict), so
+    a CUDA graph that writes it never finds it handed to something else."""
     size = int(np.prod(shape))
-    buf = buffers.get(key)
-    if buf is None or buf.size != size + 1 or buf.dtype != dtype:
-        buf = buffers[key] = xp.zeros(size + 1, dtype=dtype)
+    full_key = (key, tuple(shape), np.dtype(dtype).str)
+    buf = buffers.get(full_key)
+    if buf is None:
+        buf = buffers[full_key] = xp.zeros(size + 1, dtype=dtype)
     return buf[:size].reshape(shape), buf
 
 

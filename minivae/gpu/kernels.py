@@ -7,9 +7,9 @@ CuPy's user guide: a plain Python function of ufuncs and operators) instead of o
 operation. On NumPy arrays a fused function is the Python function itself, as cupy.fuse does.
 
 What a fused body may contain (CuPy's fusion, and the stand-in in tests/ checks it as it runs):
-operators, in-place operators on its arguments (`m *= b1` writes m), ufuncs such as exp, log1p,
-tanh, maximum, `where`, and reductions (`xp.sum`); no indexing, reshaping, host reads or
-allocation.
+operators, in-place operators on its arguments (`m *= b1` writes m, `out[...] = y` writes out),
+ufuncs such as exp, log1p, tanh, maximum, `where`, and one reduction (`xp.sum`, a function);
+positional arguments only; no other indexing, reshaping, host reads or allocation.
 """
 
 from minivae.backend import array_module
@@ -186,3 +186,35 @@ def adam_step(p, g, m, v, b1, b2, one_minus_b1, one_minus_b2, bias1, bias2, lr, 
     v *= b2
     v += one_minus_b2 * g * g
     p -= lr * (m / bias1) / (xp.sqrt(v / bias2) + eps)
+
+
+# --------------------------------------------------------------------------------------------
+# A replayed step's inputs (minivae/gpu/replay.py): the batch and its noise picked on the device
+# through a step counter, the images converted there.
+
+
+@fused
+def batch_positions(counter, batch, offsets, out):
+    """out = counter * batch + offsets: where this step's batch starts in the epoch's order."""
+    out[...] = counter * batch + offsets
+
+
+@fused
+def pixel_sources(image, pixels, pixel_map, zero_slot, out):
+    """out = the position in the stored images (flattened, one zero past the end) of every
+    input pixel of every image in the batch: image * pixels + pixel_map, or zero_slot for the
+    padding (pixel_map < 0)."""
+    xp = array_module(image)
+    out[...] = xp.where(pixel_map >= 0, image * pixels + pixel_map, zero_slot)
+
+
+@fused
+def to_unit(raw, scale, out):
+    """out = raw / scale: uint8 pixels to [0, 1] in out's dtype (data.to_float's division)."""
+    out[...] = raw / scale
+
+
+@fused
+def advance(counter):
+    """counter += 1."""
+    counter += 1

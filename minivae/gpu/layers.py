@@ -38,7 +38,8 @@ def _into(layer, key, like):
 
 
 class _Buffers:
-    """Arrays a layer keeps from call to call (slot buffers, a vector of ones)."""
+    """Arrays a layer keeps from call to call (slot buffers, a vector of ones), one per shape,
+    for the layer's life."""
 
     def _kept(self):
         if "buffers" not in self.__dict__:
@@ -46,12 +47,12 @@ class _Buffers:
         return self.buffers
 
     def ones(self, n, like):
-        """A kept vector of n ones of like's dtype and module."""
+        """A kept vector of n ones of like's dtype and module (one per length and dtype)."""
         kept = self._kept()
-        one = kept.get("ones")
-        if one is None or one.size != n or one.dtype != like.dtype:
-            one = kept["ones"] = array_module(like).ones(n, dtype=like.dtype)
-        return one
+        key = ("ones", n, like.dtype.str)
+        if key not in kept:
+            kept[key] = array_module(like).ones(n, dtype=like.dtype)
+        return kept[key]
 
     def slot(self, key, shape, like):
         return conv.slot(self._kept(), key, shape, like.dtype, array_module(like))

@@ -77,22 +77,23 @@ class FlatVAE:
         """models.VAE.loss_and_grads, the same numbers (see the module docstring)."""
         penalty, cache = self._forward_on_device(x, noise, weight_decay)
         terms = self._read_terms(x.shape[0], beta, weight_decay, penalty)
-        self._backward(x.shape[0], cache, beta, weight_decay, input_grad)
+        self._backward(x.shape[0], cache, beta / x.shape[0], weight_decay, input_grad)
         return terms
 
-    def grads_on_device(self, x, noise, beta=1.0, weight_decay=0.01):
+    def grads_on_device(self, x, noise, beta_n, weight_decay=0.01):
         """loss_and_grads without reading the loss terms to the host: every launch of a step
         and no transfer (x and noise already on the device), so the step can be captured in a
-        CUDA graph; the terms stay in self.device_terms (sum BCE, sum KL, sum p^2)."""
+        CUDA graph; the terms stay in self.device_terms (sum BCE, sum KL, sum p^2). beta_n: the
+        KL weight over the batch size, a number or a device array (a graph's per-step value)."""
         penalty, cache = self._forward_on_device(x, noise, weight_decay)
-        self._backward(x.shape[0], cache, beta, weight_decay, False)
+        self._backward(x.shape[0], cache, beta_n, weight_decay, False)
         return self.device_terms
 
-    def _backward(self, n, cache, beta, weight_decay, input_grad):
+    def _backward(self, n, cache, beta_n, weight_decay, input_grad):
         logits, eps, sigma, dlogits, dmu_kl, dscale_kl = cache
         dz = self.decoder.backward(dlogits, slot=self._dslot)   # dlogits is already / n
         dmu, dscale = kernels.heads_backward(dz, eps, sigma, dmu_kl, dscale_kl,
-                                             self.sigma_exponent, beta / n)
+                                             self.sigma_exponent, beta_n)
         dh_mu, dh_scale = self.mu.backward(dmu), self.scale.backward(dscale)
         self.encoder.skip_input_grad = not input_grad
         dx = self.encoder.backward_from(dh_mu, dh_scale)        # the two heads' sum, fused

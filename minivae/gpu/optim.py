@@ -34,6 +34,12 @@ class Adam(optim.Adam):
     def step(self):
         """Update every parameter in place from the model's flat gradient buffer."""
         self.t += 1
+        self.apply(1 - self.b1 ** self.t, 1 - self.b2 ** self.t)
+
+    def apply(self, bias1, bias2):
+        """The update of step t given its bias corrections 1 - b1^t and 1 - b2^t: numbers, or
+        device arrays a CUDA graph reads at every replay (minivae/gpu/replay.py, which counts
+        self.t itself)."""
         kernels.adam_step(self.model.flat_params, self.model.flat_grads, self.m_flat,
-                          self.v_flat, self.b1, self.b2, 1 - self.b1, 1 - self.b2,
-                          1 - self.b1 ** self.t, 1 - self.b2 ** self.t, self.lr, self.eps)
+                          self.v_flat, self.b1, self.b2, 1 - self.b1, 1 - self.b2, bias1, bias2,
+                          self.lr, self.eps)

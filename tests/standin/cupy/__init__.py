@@ -103,6 +103,15 @@ def _wrap(value, sources=()):
     return value
 
 
+def _written(result, source):
+    """True when an operation's result is (a view of) the device array `source`: it wrote
+    into it (out=)."""
+    results = result if isinstance(result, (tuple, list)) else (result,)
+    return _builtins.any(r is source._a or (isinstance(r, _np.ndarray) and r.base is not None
+                                           and _np.shares_memory(r, source._a))
+                         for r in results)
+
+
 def _device_arrays(values):
     for v in values:
         if isinstance(v, ndarray):
@@ -138,6 +147,18 @@ def _refill(targets, values):
     elif isinstance(targets, (list, tuple)):
         for t, v in zip(targets, values):
             _refill(t, v)
+
+
+def _wrapped_index(shape, key):
+    """An index as CuPy's scatter kernels use it: an integer array's entries modulo the length
+    of their axis (cupy/_core/_routines_indexing.pyx, _create_scatter_kernel), where NumPy
+    raises for one out of range."""
+    keys = key if isinstance(key, tuple) else (key,)
+    if not _builtins.any(isinstance(k, _np.ndarray) and k.dtype.kind in "iu" for k in keys):
+        return key
+    out = tuple(k % shape[i] if isinstance(k, _np.ndarray) and k.dtype.kind in "iu" else k
+                for i, k in enumerate(keys))
+    return out if isinstance(key, tuple) else out[0]
 
 
 def _before(arrays):
@@ -204,7 +225,7 @@ def _apply(fn, name, args, kwargs, views=False):
         standin.reductions.append((a[0], k.get("axis", a[1] if len(a) > 1 else None)))
     if views and _is_view(result, inputs):
         return _wrap(result, sources)
-    wrapped = _wrap(result)
+    wrapped = _wrap(result, [s for s in sources if _written(result, s)])   # out= gives it back
     if not standin.fusing:
         rule = _RULES.get(name)
         targets = _host_arrays(wrapped)
@@ -243,6 +264,15 @@ class ndarray:
             yield self[i]
 
     # -- transfers to the host
+    def set(self, arr, stream=None):
+        """Copy a host array into this one (same shape; an upload)."""
+        arr = _np.asarray(arr)
+        if arr.shape != self._a.shape:
+            raise ValueError(f"Shape mismatch. Old shape: {self._a.shape}, new shape: "
+                             f"{arr.shape}")
+        standin.upload("set")
+        self._a[...] = arr
+
     def get(self, stream=None, out=None):
         standin.read("get")
         return self._a.copy()
@@ -300,8 +330,8 @@ class ndarray:
             _mixing(value)
         k, v, target = _unwrap(key), _unwrap(value), self._a
 
-        def run():
-            target[k] = v
+        def run():                      # the index read when it runs (a replay reads it anew)
+            target[_wrapped_index(target.shape, k)] = v
         _before([self])
         run()
         _issue("setitem", 1, [self] + list(_device_arrays([key, value])), run)
@@ -363,7 +393,7 @@ def _method(name):
 
 
 for _name in ("sum", "mean", "max", "min", "prod", "var", "std", "all", "any", "argmax",
-              "argmin", "cumsum", "clip", "round", "take", "conj", "nonzero", "sort", "argsort"):
+              "argmin", "cumsum", "clip", "round", "conj", "nonzero", "sort", "argsort"):
     setattr(ndarray, _name, _method(_name))
 
 
@@ -443,6 +473,19 @@ def _function(name):
 
 for _name in _FUNCTIONS:
     globals()[_name] = _function(_name)
+
+
+def _np_take(a, indices, axis=None, out=None):
+    return _np.take(a, indices, axis=axis, out=out, mode="wrap")
+
+
+def take(a, indices, axis=None, out=None):
+    """cupy.take: an index out of range wraps around (the cupy_take kernel takes it modulo the
+    axis' length, cupy/_core/_routines_indexing.pyx), where NumPy's take raises."""
+    return _apply(_np_take, "take", (a, indices), {"axis": axis, "out": out})
+
+
+ndarray.take = lambda self, indices, axis=None, out=None: take(self, indices, axis, out)
 
 # dtypes and constants are the same objects as NumPy's (CuPy uses NumPy's dtypes)
 for _name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
@@ -634,10 +677,10 @@ class _AtUfunc:
             raise TypeError(f"{self.__name__}.at takes a cupy.ndarray")
         if standin.fusing:
             raise _FusionError(f"cupy.{self.__name__}.at cannot be used inside a fused function")
-        values, where, target, ufunc = _unwrap(b), _unwrap(indices), a._a, self._ufunc
+        values, target, ufunc, where = _unwrap(b), a._a, self._ufunc, _unwrap(indices)
 
         def run():
-            ufunc.at(target, where, values)
+            ufunc.at(target, _wrapped_index(target.shape, where), values)
         _before([a])
         run()
         if _device.kernel((f"{self.__name__}.at", a.dtype.str), run,

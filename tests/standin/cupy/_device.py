@@ -191,7 +191,8 @@ class Capture:
     def touch(self, mem):
         if id(mem) in self.touched:
             return
-        info = [weakref.ref(mem), id(mem.stream), id(mem.pool), None]
+        info = [weakref.ref(mem), id(mem.stream), id(mem.pool), None,
+                f"{mem.array.dtype} {mem.array.shape}"]
         weakref.finalize(mem, _freed, info)
         self.touched[id(mem)] = info
         if mem.made_in is self:
@@ -237,13 +238,13 @@ class Graph:
         pass
 
     def _check_memory(self):
-        for ref, stream, pool, freed in self.capture.touched.values():
+        for ref, stream, pool, freed, what in self.capture.touched.values():
             if freed is None:
                 continue
             for (s, p, owner), when in STATE.allocations.items():
                 if s == stream and p == pool and owner != self.capture.id and when > freed:
                     raise CUDARuntimeError(
-                        "stand-in: the graph touches memory that was freed after its capture "
-                        "and may have been handed out again (an allocation on the same stream "
-                        "from the same pool since): keep every array the graph uses alive, or "
-                        "capture with a memory pool of the graph's own")
+                        f"stand-in: the graph touches memory that was freed after its capture "
+                        f"and may have been handed out again (an allocation on the same stream "
+                        f"from the same pool since; a {what} array): keep every array the "
+                        f"graph uses alive, or capture with a memory pool of the graph's own")
