@@ -191,3 +191,39 @@ def test_where_the_graph_cannot_apply_one_line_says_why(tmp_path, synthetic_data
                 tmp_path / "plain")
     assert "no CUDA graph: it replays the gpu tier's step" in p.stderr
     assert p.stderr.count("CUDA graph") == 1
+
+
+@pytest.mark.parametrize("read_every", [0.0, 1e9])
+def test_a_nan_stops_a_replayed_run_with_the_last_good_checkpoint_intact(
+        standin, tmp_path, synthetic_data_dir, monkeypatch, read_every):
+    """A weight turned NaN after step 2 of epoch 2: read after every step, the guard names step
+    3 as the eager loop does; read only at the epoch's end, it notices there. Either way
+    training stops, epoch 1's checkpoint and metrics stay, nothing of epoch 2 is written."""
+    from minivae import run as run_module
+    from minivae import train as train_module
+    from minivae.checkpoint import Checkpoint
+    from minivae.config import make_config
+    from minivae.errors import NonFiniteLossError
+    from minivae.run import RunFolder
+
+    monkeypatch.setattr(train_module, "READ_EVERY_S", read_every)
+    out = tmp_path / "run"
+    cfg = make_config(model="conv", limit=320, epochs=3, hidden_dim=16, out=str(out),
+                      data_dir=str(synthetic_data_dir), download=False, backend="cupy",
+                      impl="gpu")
+    built = []
+    real_build = run_module.model_for
+    monkeypatch.setattr(run_module, "model_for",
+                        lambda cfg, xp: built.append(real_build(cfg, xp)) or built[-1])
+
+    def poison(epoch, step, terms):
+        if epoch == 2 and step == 2:
+            built[-1].params["decoder.0.W"][0, 0] = np.nan
+
+    where = r"epoch 2, step 3" if read_every == 0 else r"epoch 2, step \d"
+    with pytest.raises(NonFiniteLossError, match=where + r".*model-1\.npz"):
+        train_module.train(cfg, progress=False, log=lambda m: None, warn=lambda m: None,
+                           callback=poison)
+    assert [e for e, _ in RunFolder(out).checkpoints()] == [1]
+    Checkpoint(out / "checkpoints" / "model-1.npz")
+    assert not (out / "epoch_2.png").exists()
