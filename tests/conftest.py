@@ -134,3 +134,15 @@ def standin_env(environ=None):
     env["PYTHONPATH"] = os.pathsep.join([str(STANDIN), str(ROOT)] + (
         [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
+
+
+def minivae_on_standin(*args, check=True):
+    """`bin/minivae ARGS` in a subprocess that finds the CuPy stand-in as `cupy` (exit status 0
+    asserted unless check is False)."""
+    import subprocess
+
+    p = subprocess.run([sys.executable, str(ROOT / "bin" / "minivae"), *map(str, args)],
+                       capture_output=True, text=True, env=standin_env(), cwd=ROOT, timeout=600)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p

@@ -4,13 +4,11 @@ replayed step, the eager step's numbers bit for bit (both seeds, a KL warm-up, a
 batch, a resume after a kill), and the fallbacks to the eager step."""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, standin_env
+from conftest import minivae_on_standin as minivae
 
 from minivae.models import MODELS
 from minivae.tiers import build_model, make_adam
@@ -111,14 +109,6 @@ def test_a_capture_that_raises_and_a_replay_that_differs_are_refused(standin, mo
 
 # --------------------------------------------------------------------------------------------
 # The program: train --backend cupy with the graph, against --cuda-graph off
-
-
-def minivae(*args, check=True):
-    p = subprocess.run([sys.executable, str(ROOT / "bin" / "minivae"), *map(str, args)],
-                       capture_output=True, text=True, env=standin_env(), cwd=ROOT, timeout=600)
-    if check:
-        assert p.returncode == 0, p.stderr
-    return p
 
 
 def metrics(run):

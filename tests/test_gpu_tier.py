@@ -4,13 +4,11 @@ reads and host-to-device uploads. (On NumPy the gpu tier is tested with the othe
 test_tiers.py, test_gradcheck.py.)"""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, standin_env
+from conftest import minivae_on_standin as minivae
 
 from minivae.models import MODELS
 from minivae.tiers import TIERS, build_model, make_adam
@@ -112,14 +110,6 @@ def test_the_self_check_catches_a_wrong_adam(standin, monkeypatch, capsys):
 
 # --------------------------------------------------------------------------------------------
 # The program on --backend cupy, in subprocesses that find the stand-in as `cupy`
-
-
-def minivae(*args, check=True):
-    p = subprocess.run([sys.executable, str(ROOT / "bin" / "minivae"), *map(str, args)],
-                       capture_output=True, text=True, env=standin_env(), cwd=ROOT, timeout=600)
-    if check:
-        assert p.returncode == 0, p.stderr
-    return p
 
 
 def metrics(run):
