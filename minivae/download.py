@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -131,9 +132,26 @@ def check_dataset(dataset):
 
 
 def data_dir(data_dir=None):
-    """The cache root: the argument, else $MINIVAE_DATA, else ./data (one folder per dataset)."""
-    chosen = data_dir or os.environ.get("MINIVAE_DATA") or "data"
-    return Path(chosen).expanduser()
+    """The cache root (one folder per dataset): the argument, else $MINIVAE_DATA, else
+    default_data_dir(); never a folder that depends on the current one."""
+    chosen = data_dir or os.environ.get("MINIVAE_DATA")
+    return Path(chosen).expanduser() if chosen else default_data_dir()
+
+
+def default_data_dir(package=None):
+    """The checkout's data/ when minivae runs from a checkout (its package folder beside a
+    pyproject.toml and a data/ folder), else the user's cache folder, minivae/ in it:
+    $XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on
+    Windows."""
+    checkout = Path(package or Path(__file__).resolve().parent).parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "data").is_dir():
+        return checkout / "data"
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") \
+            / "minivae" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "minivae"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minivae"
 
 
 _cache_root = data_dir   # ensure() and download() have an argument of the same name
@@ -395,7 +413,21 @@ def ensure(dataset, fnames, root, mirror_list, progress, timeout, retries, backo
     """Make sure each of fnames is verified in the cache; returns the dataset folder."""
     info = check_dataset(dataset)
     folder = _cache_root(root) / dataset
+    created = [p for p in (*reversed(folder.parents), folder) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _ensure(dataset, info, fnames, folder, mirror_list, progress, timeout, retries,
+                       backoff)
+    except BaseException:
+        for made in reversed(created):       # a fetch that failed leaves no empty folder
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _ensure(dataset, info, fnames, folder, mirror_list, progress, timeout, retries, backoff):
     removed = files.remove_stale(folder)
     if removed:
         _note(f"minivae: removed {len(removed)} stale partial download(s) of an interrupted "

@@ -69,7 +69,8 @@ def threads_arg(p):
 
 def data_args(p):
     p.add_argument("--data-dir", metavar="DIR",
-                   help="download cache (default: $MINIVAE_DATA or ./data)")
+                   help="download cache (default: $MINIVAE_DATA, else the checkout's data/ "
+                        "when run from a checkout, else ~/.cache/minivae)")
     p.add_argument("--mirror", metavar="URL_OR_DIR", action="append", default=[],
                    help="where to download from: an http(s) URL or a folder laid out as "
                         "<dataset>/<file>; repeatable, tried in order before $MINIVAE_MIRROR "

@@ -304,7 +304,7 @@ def test_all_mirrors_bad_raises_one_line_per_file(tiny, server, tmp_path):
             assert what in line, (what, line)
         for m in bad:
             assert f"{server.url}/{m}" in line
-    assert sorted(os.listdir(tmp_path / "tiny")) == []   # no bad or temporary file left behind
+    assert not (tmp_path / "tiny").exists()     # no bad or temporary file, no empty folder
 
 
 def test_corrupted_cached_file_is_detected_and_replaced(tiny, server, tmp_path):
@@ -433,7 +433,16 @@ def test_data_dir_and_mirror_lists(monkeypatch, tmp_path):
     monkeypatch.delenv("MINIVAE_DATA", raising=False)
     monkeypatch.delenv("MINIVAE_MIRROR", raising=False)
     monkeypatch.setattr(dl, "DEBIAN_FASHION_MNIST", str(tmp_path / "absent"))
-    assert dl.data_dir() == Path("data")
+    monkeypatch.chdir(tmp_path)                        # never the current folder's data/
+    checkout = Path(dl.__file__).resolve().parents[1]
+    assert dl.data_dir() == checkout / "data"
+    assert not (tmp_path / "data").exists()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    installed = tmp_path / "site-packages" / "minivae"   # an installed package: no checkout
+    installed.mkdir(parents=True)
+    assert dl.default_data_dir(installed) == tmp_path / "xdg" / "minivae"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert dl.default_data_dir(installed) == Path.home() / ".cache" / "minivae"
     monkeypatch.setenv("MINIVAE_DATA", str(tmp_path / "env"))
     assert dl.data_dir() == tmp_path / "env"
     assert dl.data_dir(tmp_path / "arg") == tmp_path / "arg"
@@ -655,3 +664,16 @@ def test_batches_on_cupy():
     x, y = next(batches(IMAGES, LABELS, batch_size=8, xp=cupy, rng=0, pad=2))
     assert isinstance(x, cupy.ndarray) and isinstance(y, np.ndarray)
     np.testing.assert_array_equal(x.get()[:, 0, 2:30, 2:30], IMAGES[y] / np.float32(255))
+
+
+def test_a_failed_fetch_leaves_no_empty_folder(tiny, tmp_path):
+    root = tmp_path / "cache" / "deep"
+    with pytest.raises(DownloadError):
+        download("tiny", data_dir=root, mirrors=[str(tmp_path / "nowhere")], progress=False,
+                 retries=0)
+    assert not (tmp_path / "cache").exists()
+    (tmp_path / "kept").mkdir()                         # a folder that was there stays
+    with pytest.raises(DownloadError):
+        download("tiny", data_dir=tmp_path / "kept", mirrors=[str(tmp_path / "nowhere")],
+                 progress=False, retries=0)
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "tiny").exists()
