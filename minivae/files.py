@@ -208,3 +208,22 @@ def check_writable(folder):
     probe = folder / f".write-test-{os.getpid()}"
     probe.write_bytes(b"")
     probe.unlink()
+
+
+def lock_exclusively(path):
+    """An exclusive lock on file `path` (made if missing) that the operating system holds for
+    this process until the returned file is closed or the process ends, however it ends (so a
+    killed process never leaves a stale lock); None, at once, when another process holds it."""
+    handle = open(path, "a+")
+    try:
+        if os.name == "nt":
+            import msvcrt
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:                    # BlockingIOError (POSIX), PermissionError (Windows)
+        handle.close()
+        return None
+    return handle

@@ -13,13 +13,18 @@ A run lives in one folder (``--out``)::
     checkpoints/model-<N>.npz  everything needed to continue after epoch N (minivae.checkpoint)
     evaluation.json          `minivae evaluate`'s results, by epoch
     report.html              `minivae report`'s page (minivae.report)
+    .lock                    held by the training process while it runs (its process id in it)
 
-Every file is written to a temporary name and renamed into place (minivae.files).
+Every file is written to a temporary name and renamed into place (minivae.files), so `plot`,
+`evaluate` and `report` read only complete files, also of a run that is training. One process at
+a time trains a run folder: `train` holds an operating-system lock on its .lock file from before
+it writes anything until it ends (the lock dies with the process, however it ends).
 """
 
 import csv
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -33,6 +38,7 @@ from minivae.errors import ResumeMismatch, TrainError
 from minivae.tiers import build_model, make_adam
 
 CONFIG, METRICS, LOSS, ORIGINAL = "config.json", "metrics.csv", "loss.png", "original.png"
+LOCK = ".lock"                       # held by the process training the run
 EVALUATION = "evaluation.json"       # `minivae evaluate`'s results, by epoch
 REPORT = "report.html"               # `minivae report`'s page
 METRIC_FIELDS = ("epoch", "train_loss", "train_recon", "train_kl", "train_reg", "beta",
@@ -186,26 +192,55 @@ class RunFolder:
                         for k in fields])
         files.write_text(self.file(METRICS), buf.getvalue())
 
-    # ---- creating it
+    # ---- creating it, and holding it while training
 
     def prepare(self):
-        """Create the folder (and checkpoints/) and make sure files can be written there.
-
-        Returns the folders it created, outermost first, for `remove_created` to take back when
-        the run cannot start."""
+        """Create the folder (and checkpoints/), take the run's lock (see the module docstring)
+        and make sure files can be written there: (the folders it created, outermost first, the
+        lock), for `release` to give back. TrainError when another process trains the folder,
+        naming it, before anything is written."""
         ck = self.path / "checkpoints"
         created = [p for p in (*reversed(ck.parents), ck) if not p.exists()]
         try:
             ck.mkdir(parents=True, exist_ok=True)
-            files.check_writable(self.path)
+            lock = files.lock_exclusively(self.file(LOCK))
         except OSError as e:
+            self.release(None, created)
             raise TrainError(f"cannot write to output folder {self.path}: "
                              f"{e.strerror or type(e).__name__}") from None
-        return created
+        if lock is None:
+            self.release(None, created)
+            raise TrainError(f"{self} is being trained by another process ({self._holder()}); "
+                             f"wait for it to end, or train into another --out")
+        try:
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            files.check_writable(self.path)
+        except OSError as e:
+            self.release(lock, created)
+            raise TrainError(f"cannot write to output folder {self.path}: "
+                             f"{e.strerror or type(e).__name__}") from None
+        return created, lock
 
-    @staticmethod
-    def remove_created(created):
-        """Remove the folders prepare() created, as far as they are still empty."""
+    def _holder(self):
+        try:
+            pid = self.file(LOCK).read_text().split()[0]
+            return f"process id {int(pid)}"
+        except (OSError, IndexError, ValueError):
+            return "its process id not yet written"
+
+    def release(self, lock, created=()):
+        """Give back what prepare() took: the lock, and the folders it created as far as they
+        are still empty (with the lock file, when the run folder is one of them)."""
+        if lock is not None:
+            lock.close()
+        if self.path in created:
+            try:
+                self.file(LOCK).unlink()
+            except OSError:
+                pass
         for folder in reversed(created):
             try:
                 folder.rmdir()

@@ -82,6 +82,7 @@ class Run:
     writer: object = None       # a tensorboardX SummaryWriter, or None
     callback: Optional[Callable] = None
     replay: object = None       # a gpu.replay.ReplayedStep for the full batches, or None
+    lock: object = None         # the run folder's lock, held while training (RunFolder.prepare)
 
 
 def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=None,
@@ -103,9 +104,18 @@ def train(cfg, *, resume=False, progress=True, log=_say, warn=_warn, callback=No
         cfg = dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).resolve()))
     existed = Path(cfg.out).is_dir()
     run, ckpt = _start(cfg, resume, progress, warn, verbose)
+    try:
+        return _train_run(run, ckpt, resume and existed, callback, log, warn)
+    finally:
+        run.folder.release(run.lock)
+
+
+def _train_run(run, ckpt, resumed_folder, callback, log, warn):
+    """train() once the run has started: its epochs, and what each writes."""
+    cfg = run.cfg
     run.callback = callback
     run.replay = _replayed_step(run, log, warn)
-    history = _history(run, ckpt, resume and existed, log, warn)
+    history = _history(run, ckpt, resumed_folder, log, warn)
     grid = _fixed_grid(run)
     run.writer = _tensorboard_writer(cfg, run.folder)
     first_epoch = ckpt.epoch + 1 if ckpt is not None else 1
@@ -148,13 +158,12 @@ def _start(cfg, resume, progress, warn, verbose):
                 from None
     if folder.path.exists() and not folder.path.is_dir():
         raise TrainError(f"cannot write to output folder {folder}: it exists and is not a folder")
-    if not resume and folder.checkpoints():
-        raise TrainError(f"{folder} already holds a run (checkpoints/model-*.npz); pass --resume "
-                         f"to continue it, or choose another --out")
-    if folder.path.is_dir():
-        folder.remove_stale_temporaries(warn)
-    created = folder.prepare()
+    created, lock = folder.prepare()               # the lock first: no window before the checks
     try:
+        if not resume and folder.checkpoints():
+            raise TrainError(f"{folder} already holds a run (checkpoints/model-*.npz); pass "
+                             f"--resume to continue it, or choose another --out")
+        folder.remove_stale_temporaries(warn)
         train_x, _ = data.load_for(cfg, "train", cfg.limit, progress)
         test_x, _ = data.load_for(cfg, "test", cfg.limit, progress)
         steps = data.num_batches(len(train_x), cfg.batch_size, cfg.spec.drop_last)
@@ -175,9 +184,10 @@ def _start(cfg, resume, progress, warn, verbose):
                              f"the warnings above); to train it again from epoch 1, remove "
                              f"{folder.path / 'checkpoints'} (or train into another --out)")
     except BaseException:
-        folder.remove_created(created)
+        folder.release(lock, created)
         raise
-    run = Run(cfg, folder, model, opt, data_rng, train_x, test_x, steps, progress=progress)
+    run = Run(cfg, folder, model, opt, data_rng, train_x, test_x, steps, progress=progress,
+              lock=lock)
     return run, ckpt
 
 
