@@ -30,6 +30,18 @@ from minivae.backend import to_device, to_host
 from minivae.errors import TrainError
 
 CHECKPOINT_FORMAT = "minivae-checkpoint-1"
+ZIP_MAGIC = b"PK\x03\x04"            # how every .npz file starts
+
+
+def _what(head):
+    """What the first bytes of a file that is no .npz archive suggest, in a few words."""
+    if not head:
+        return "empty"
+    if head.startswith(b"\x93NUM"):
+        return "a single .npy array"
+    return f"something else, beginning {head!r}"
+
+
 def _json_array(obj):
     return np.array(json.dumps(obj))
 
@@ -59,6 +71,16 @@ class Checkpoint:
     def __init__(self, path):
         self.path = Path(path)
         try:
+            with open(self.path, "rb") as f:
+                head = f.read(4)
+        except FileNotFoundError:
+            raise TrainError(f"checkpoint {self.path} does not exist") from None
+        except OSError as e:
+            raise TrainError(f"cannot read checkpoint {self.path}: {describe(e)}") from None
+        if head != ZIP_MAGIC:           # np.load would take any other file for a pickle
+            raise TrainError(f"{self.path} is damaged or not a checkpoint (a checkpoint is a "
+                             f".npz archive; this file is {_what(head)})")
+        try:
             with np.load(self.path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             if str(arrays["format"]) != CHECKPOINT_FORMAT:
@@ -72,7 +94,9 @@ class Checkpoint:
         except FileNotFoundError:
             raise TrainError(f"checkpoint {self.path} does not exist") from None
         except Exception as e:  # zip, npy, JSON or key errors: all mean "not a usable checkpoint"
-            raise TrainError(f"cannot read checkpoint {self.path}: {describe(e)}") from None
+            why = ("it holds Python objects, which no checkpoint does" if "pickle" in str(e)
+                   else describe(e))
+            raise TrainError(f"{self.path} is damaged or not a checkpoint ({why})") from None
         self.params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
         self.optim = _upgrade_optim({k[len("optim/"):]: v for k, v in arrays.items()
                                      if k.startswith("optim/")})

@@ -33,7 +33,8 @@ import numpy as np
 from minivae import files
 from minivae.backend import backend_name, cupy_status, get_backend
 from minivae.checkpoint import Checkpoint
-from minivae.config import LATER_SETTINGS, SETTINGS, is_int, make_config, resume_settings
+from minivae.config import (FIXED_ON_RESUME, LATER_SETTINGS, SETTINGS, is_int, make_config,
+                            resume_settings)
 from minivae.errors import ResumeMismatch, TrainError
 from minivae.tiers import build_model, make_adam
 
@@ -133,6 +134,7 @@ class RunFolder:
         for _, path in reversed(self.checkpoints()):
             try:
                 ckpt = Checkpoint(path)
+                self._check_config_against(ckpt)
                 resume_settings(ckpt.config, {k: getattr(cfg, k) for k in SETTINGS}, self.path)
                 model, opt, data_rng = fresh_state(cfg, xp)
                 ckpt.restore(model, opt, data_rng)
@@ -142,6 +144,23 @@ class RunFolder:
             except TrainError as e:
                 warn(f"minivae: warning: {e}; trying the checkpoint before it")
         return (None, *fresh_state(cfg, xp))
+
+    def _check_config_against(self, ckpt):
+        """ResumeMismatch naming config.json, the setting and both values, when config.json
+        disagrees with checkpoint `ckpt` on a setting that defines the computation: the file
+        was edited (the flags given were checked against config.json already)."""
+        saved = self.read_config()
+        if saved is None:
+            return
+        for key in FIXED_ON_RESUME:
+            was = ckpt.config.get(key, LATER_SETTINGS.get(key))
+            says = saved.get(key, LATER_SETTINGS.get(key))
+            if was != says:
+                raise ResumeMismatch(
+                    f"cannot resume {self}: its {CONFIG} says {key} {says!r}, but its checkpoints "
+                    f"were trained with {key} {was!r} ({ckpt.path.name}); {CONFIG} was edited: "
+                    f"set {key} back to {was!r}, or delete {CONFIG} to use the checkpoints' "
+                    f"settings")
 
     # ---- settings and metrics
 
@@ -280,34 +299,65 @@ def resume_config(given):
         raise TrainError(f"{source}: {e}") from None
 
 
-def load_run(run_dir, epoch=None, backend="auto", log=None, verbose=False):
-    """(model, cfg, checkpoint) for run_dir's checkpoint `epoch` (default: the newest)."""
+def load_run(run_dir, epoch=None, backend="auto", log=None, verbose=False, warn=None):
+    """(model, cfg, checkpoint) for run_dir's checkpoint `epoch`; without one, the newest
+    checkpoint that loads, a damaged newer one skipped with a line to `warn` (default: stderr)
+    saying which and why. TrainError for a damaged `epoch`, naming the epochs that load."""
     run = RunFolder(run_dir)
     if not run.path.exists():
         raise TrainError(f"run folder {run} does not exist")
     if not run.path.is_dir():
         raise TrainError(f"{run} is not a run folder (it is a file)")
+    found = run.checkpoints()
     if epoch is not None:
         if not is_int(epoch) or epoch < 1:
             raise TrainError(f"--epoch must be a positive integer, got {epoch!r}")
-        path = run.checkpoint_path(epoch)
-        if not path.is_file():
-            have = ", ".join(str(e) for e, _ in run.checkpoints()) or "none"
+        if not run.checkpoint_path(epoch).is_file():
+            have = ", ".join(str(e) for e, _ in found) or "none"
             raise TrainError(f"{run} has no checkpoint for epoch {epoch} (epochs saved: {have})")
-    else:
-        found = run.checkpoints()
-        if not found and run.file(CONFIG).is_file():
-            raise TrainError(f"{run} has no finished epoch yet (training stopped before its first "
-                             f"checkpoint); `minivae train --resume --out {run}` trains it")
-        if not found:
-            raise TrainError(f"{run} holds no checkpoints (checkpoints/model-<N>.npz); is it a "
-                             f"run folder written by `minivae train`?")
-        path = found[-1][1]
+        found = [(epoch, run.checkpoint_path(epoch))]
+    elif not found and run.file(CONFIG).is_file():
+        raise TrainError(f"{run} has no finished epoch yet (training stopped before its first "
+                         f"checkpoint); `minivae train --resume --out {run}` trains it")
+    elif not found:
+        raise TrainError(f"{run} holds no checkpoints (checkpoints/model-<N>.npz); is it a "
+                         f"run folder written by `minivae train`?")
+    warn = warn or _stderr
+    for number, path in reversed(found):
+        try:
+            ckpt, cfg = _read_checkpoint(path)
+        except TrainError as e:
+            if epoch is not None:
+                loads = [str(n) for n, p in run.checkpoints() if p != path and _loads(p)]
+                raise TrainError(f"{e}; epochs that load: {', '.join(loads) or 'none'}") \
+                    from None
+            older = [n for n, _ in found if n < number]
+            warn(f"minivae: warning: skipping epoch {number}: {e}"
+                 + (f"; trying epoch {older[-1]}" if older else ""))
+            continue
+        model = model_for(cfg, choose_backend(backend, log=log, verbose=verbose))
+        ckpt.restore(model)
+        return model, cfg, ckpt
+    raise TrainError(f"none of the checkpoints of {run} loads (see the warnings above)")
+
+
+def _read_checkpoint(path):
+    """(Checkpoint, Config) of a checkpoint file; TrainError when either is unusable."""
     ckpt = Checkpoint(path)
     try:
-        cfg = make_config(**ckpt.config)
+        return ckpt, make_config(**ckpt.config)
     except (TrainError, TypeError) as e:
         raise TrainError(f"checkpoint {path} holds an unusable config: {e}") from None
-    model = model_for(cfg, choose_backend(backend, log=log, verbose=verbose))
-    ckpt.restore(model)
-    return model, cfg, ckpt
+
+
+def _loads(path):
+    try:
+        _read_checkpoint(path)
+        return True
+    except TrainError:
+        return False
+
+
+def _stderr(message):
+    import sys
+    print(message, file=sys.stderr, flush=True)
