@@ -84,12 +84,25 @@ def to_float(images, xp=np, dtype=np.float32, pad=0, flatten=False):
     if images.dtype != np.uint8 or images.ndim != 3:
         raise ValueError(f"expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
     dtype = np.dtype(dtype)
+    return _laid_out(images, xp, dtype, pad, flatten,
+                     lambda out: np.divide(images, dtype.type(255), out=out, dtype=dtype))
+
+
+def lay_out(images, xp=np, dtype=np.float32, pad=0, flatten=False):
+    """Float images already in [0, 1] (N, H, W), laid out as to_float lays out uint8 ones."""
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"expected images (N, H, W), got {images.shape}")
+    return _laid_out(images, xp, np.dtype(dtype), pad, flatten,
+                     lambda out: np.copyto(out, images, casting="unsafe"))
+
+
+def _laid_out(images, xp, dtype, pad, flatten, fill):
+    """(N, 1, H + 2 pad, W + 2 pad) of dtype, zeros in the border, the inside written by
+    fill(view); flattened to (N, ...) with flatten; moved to xp in one transfer."""
     n, h, w = images.shape
-    if pad:
-        x = np.zeros((n, 1, h + 2 * pad, w + 2 * pad), dtype=dtype)
-        np.divide(images, dtype.type(255), out=x[:, 0, pad:pad + h, pad:pad + w], dtype=dtype)
-    else:
-        x = np.divide(images, dtype.type(255), dtype=dtype).reshape(n, 1, h, w)
+    x = (np.zeros if pad else np.empty)((n, 1, h + 2 * pad, w + 2 * pad), dtype=dtype)
+    fill(x[:, 0, pad:pad + h, pad:pad + w])
     if flatten:
         x = x.reshape(n, -1)
     return to_device(x, xp)
