@@ -31,7 +31,7 @@ from minivae.idx import IDXError
 from minivae.models import MODELS
 from minivae.progress import say, silence_stdout
 from minivae.report import report_path, write_report
-from minivae.run import RunFolder, resume_config
+from minivae.run import RunFolder, resume_command, resume_config
 from minivae.train import train
 from minivae.visualise import plot_run
 
@@ -235,6 +235,11 @@ def plot_arguments(p):
                    nargs=2, default=(-3.0, 3.0), metavar=("LO", "HI"),
                    help="the values each dimension is swept over, in prior standard deviations "
                         "(default: -3 3)")
+    p.add_argument("--manifold-range", type=within(-TRAVERSE_LIMIT, TRAVERSE_LIMIT,
+                                                   f"a finite number within ±{TRAVERSE_LIMIT:g}"),
+                   nargs=2, metavar=("LO", "HI"),
+                   help="manifold.png decodes a grid over [LO, HI] on both axes (default: where "
+                        "98%% of the test images' posterior means lie)")
     p.add_argument("--interpolate", type=non_negative_int, nargs=2, metavar=("I", "J"),
                    help="interpolation.png goes from test image I to test image J (default: "
                         "the first two test images of different classes)")
@@ -248,7 +253,8 @@ def cmd_plot(args):
                        download=False if args.no_download else None,
                        traverse_image=args.traverse_image, interpolate=args.interpolate,
                        traverse_range=tuple(args.traverse_range), log=print, warn=_err,
-                       verbose=args.verbose, out=args.out)
+                       verbose=args.verbose, out=args.out,
+                       manifold_range=args.manifold_range and tuple(args.manifold_range))
     shown = [f.name for f in written if not f.name.startswith(("test-image-", "reconstruction-"))]
     print(f"minivae: wrote {', '.join(shown)} and test-image-<i>.png / reconstruction-<i>.png "
           f"(i: the test images' indices) in {args.out or args.run}")
@@ -378,9 +384,9 @@ def _resume_hint(args, when=""):
         return ""
     found = RunFolder(run).checkpoints()
     if not found:
-        return (f"; no checkpoint was written yet: `minivae train --resume --out {run}` starts "
-                f"it again from epoch 1")
-    return f"; {when}`minivae train --resume --out {run}` continues after epoch {found[-1][0]}"
+        return f"; no checkpoint was written yet: `{resume_command(run)}` starts it again from " \
+               f"epoch 1"
+    return f"; {when}`{resume_command(run)}` continues after epoch {found[-1][0]}"
 
 
 def main(argv=None):

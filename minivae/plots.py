@@ -170,18 +170,30 @@ def latent_scatter(path, coords, labels, class_names=None, xlabel="z[0]", ylabel
     return _save_figure(fig, path)
 
 
-def manifold_points(n=11, lo=-2.0, hi=2.0):
-    """The (n*n, 2) latent grid of the manifold picture, in the order image_grid lays it out.
+def manifold_points(n=11, x_range=(-2.0, 2.0), y_range=None):
+    """The (n*n, 2) latent grid of the manifold picture, in the order image_grid lays it out
+    (y_range: x_range when None).
 
     Column j has z[0] = lo + j * step (left to right), row i has z[1] = hi - i * step (top to
     bottom), so the picture has the orientation of the scatter plot in clustering.png. (The
-    seed's Julia code decodes the same 121 points but, through its column-major reshapes, shows
-    them transposed.)
+    seed's Julia code decodes 121 points over [-2, 2]^2 but, through its column-major
+    reshapes, shows them transposed.)
     """
-    z = np.linspace(lo, hi, n)
-    z0 = np.tile(z, n)              # runs along each row
-    z1 = np.repeat(z[::-1], n)      # constant along a row, falling down the rows
+    y_range = x_range if y_range is None else y_range
+    z0 = np.tile(np.linspace(*x_range, n), n)              # runs along each row
+    z1 = np.repeat(np.linspace(*y_range, n)[::-1], n)      # constant along a row, falling
     return np.stack([z0, z1], axis=1)
+
+
+def data_range(values, share=0.98):
+    """(lo, hi): the central `share` of the values (the 1st to the 99th percentile), widened to
+    a width of at least 1e-3 so a grid over it never collapses."""
+    tail = 100 * (1 - share) / 2
+    lo, hi = (float(v) for v in np.percentile(values, [tail, 100 - tail]))
+    if hi - lo < 1e-3:
+        mid = (lo + hi) / 2
+        lo, hi = mid - 5e-4, mid + 5e-4
+    return lo, hi
 
 
 def traversal_figure(path, rows, row_labels, values, title=None, tile_inches=0.84):

@@ -26,6 +26,7 @@ import io
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,11 @@ class RunFolder:
         return removed
 
 
+def resume_command(run):
+    """The command that continues the run in folder `run`, ready to paste into a shell."""
+    return f"minivae train --resume --out {shlex.quote(str(run))}"
+
+
 def resume_config(given):
     """The settings of `train --resume`: the run folder's own (its config.json, else its newest
     checkpoint's), with the settings the user gave (a dict of those given); see
@@ -318,7 +324,7 @@ def load_run(run_dir, epoch=None, backend="auto", log=None, verbose=False, warn=
         found = [(epoch, run.checkpoint_path(epoch))]
     elif not found and run.file(CONFIG).is_file():
         raise TrainError(f"{run} has no finished epoch yet (training stopped before its first "
-                         f"checkpoint); `minivae train --resume --out {run}` trains it")
+                         f"checkpoint); `{resume_command(run)}` trains it")
     elif not found:
         raise TrainError(f"{run} holds no checkpoints (checkpoints/model-<N>.npz); is it a "
                          f"run folder written by `minivae train`?")

@@ -29,7 +29,7 @@ from minivae.backend import to_host
 from minivae.errors import TrainError
 from minivae.evaluate import decode_probs, latent_stats, noise, posterior_means, reconstruct
 from minivae.run import STREAM_VIS, load_run, stream_rng
-from minivae.plots import (CLASS_NAMES, as_square_images, image_figure, image_grid,
+from minivae.plots import (CLASS_NAMES, as_square_images, data_range, image_figure, image_grid,
                            latent_scatter, manifold_points, pca_2d, save_gif, save_png,
                            side_by_side, traversal_figure)
 
@@ -64,13 +64,16 @@ def pick_images(labels, traverse_image=0, interpolate=None):
 
 def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, mirrors=None,
              download=None, limit=None, traverse_image=0, interpolate=None,
-             traverse_range=(-3.0, 3.0), log=print, warn=None, verbose=False, out=None):
+             traverse_range=(-3.0, 3.0), log=print, warn=None, verbose=False, out=None,
+             manifold_range=None):
     """Write the pictures listed above into `out` (default: run_dir) and PLOTTED there (the
     epoch drawn and the files written), removing the files an earlier plot wrote there that
     this one did not; returns the list of files written."""
+    for flag, pair in (("--traverse-range", traverse_range), ("--manifold-range",
+                                                              manifold_range)):
+        if pair is not None and not pair[0] < pair[1]:
+            raise TrainError(f"{flag} needs LO < HI, got {pair[0]:g} {pair[1]:g}")
     lo, hi = traverse_range
-    if not lo < hi:
-        raise TrainError(f"--traverse-range needs LO < HI, got {lo:g} {hi:g}")
     model, cfg, ckpt = load_run(run_dir, epoch, backend, log=warn, verbose=verbose)
     cfg = cfg.replace(data_dir=data_dir, mirrors=mirrors or None, download=download)
     images, labels = data.load_for(cfg, "test", limit if limit is not None else cfg.limit)
@@ -79,7 +82,8 @@ def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, m
     _check_writable(folder, out is None)
     with np.errstate(all="ignore"):
         means, log_vars = posterior_means(model, images, cfg)
-        written = _latent_plane(folder, model, cfg, ckpt.epoch, means, labels, log)
+        written = _latent_plane(folder, model, cfg, ckpt.epoch, means, labels, log,
+                                manifold_range)
         written += _test_reconstructions(folder, model, cfg, images, num_images)
         written += _traversals(folder, model, means, log_vars, traverse_image, np.linspace(
             lo, hi, TRAVERSAL_STEPS), ckpt.epoch)
@@ -113,8 +117,10 @@ def _replace_record(folder, epoch, written):
     files.write_text(record, json.dumps({"epoch": epoch, "files": now}, indent=2) + "\n")
 
 
-def _latent_plane(run, model, cfg, epoch, means, labels, log):
-    """clustering.png and manifold.png."""
+def _latent_plane(run, model, cfg, epoch, means, labels, log, manifold_range=None):
+    """clustering.png and manifold.png: decodes of a grid over the plane of clustering.png's
+    coordinates, over [LO, HI] on both axes when manifold_range is given, else over where the
+    test images' means lie (the 1st to the 99th percentile of each coordinate)."""
     d = means.shape[1]
     title = (f"{cfg.model} VAE on {cfg.dataset}, epoch {epoch}\n"
              f"encoder means of {len(means)} test images")
@@ -130,22 +136,28 @@ def _latent_plane(run, model, cfg, epoch, means, labels, log):
         title += ", PCA projection"
     written = [latent_scatter(run / "clustering.png", coords, labels,
                               CLASS_NAMES.get(cfg.dataset), xl, yl, title)]
-    pts = manifold_points()
-    z = pts if d == 2 else pts[:, :1] if d == 1 else pts @ axes   # d > 2: the two axes' plane
+    ranges = ([tuple(manifold_range)] * 2 if manifold_range is not None else
+              [data_range(coords[:, k]) for k in (0, 1)])
+    if d == 1:
+        ranges[1] = (0.0, 0.0)
+    pts = manifold_points(11, *ranges)
+    # d > 2: the plane of the two principal axes, through the means' centre
+    z = pts if d == 2 else pts[:, :1] if d == 1 else means.mean(axis=0) + pts @ axes
     probs = as_square_images(decode_probs(model, model.xp.asarray(z.astype(model.dtype))))
     grid, side = image_grid(probs, 11), probs.shape[1]
-    values = np.unique(pts[:, 0])
-    ticks = [((k + 0.5) * side - 0.5, f"{v:g}") for k, v in enumerate(values)]
-    yticks = [((k + 0.5) * side - 0.5, f"{v:g}") for k, v in enumerate(values[::-1])]
+    ticks = [((k + 0.5) * side - 0.5, f"{v:.2g}") for k, v in enumerate(pts[:11, 0])]
+    yticks = [((k + 0.5) * side - 0.5, f"{v:.2g}") for k, v in enumerate(pts[::11, 1])]
     plane = "z[0], z[1]" if d <= 2 else f"principal axes 1 and 2 of the {d}-D means"
+    over = ("the --manifold-range" if manifold_range is not None else
+            "where 98% of the test means lie")
     written.append(image_figure(
-        run / "manifold.png", grid, f"decodes over [-2, 2]² of {plane}, epoch {epoch}",
+        run / "manifold.png", grid, f"decodes over {over} on {plane}, epoch {epoch}",
         xl if d != 1 else "z[0]", yl if d != 1 else "(1-D latent: rows repeat)", ticks,
         yticks, inches=11 * side * 0.03))
     if d > 2:
         log(f"minivae: latent has {d} dimensions: clustering.png shows the test means "
-            f"projected on their first two principal axes; manifold.png decodes [-2, 2]^2 on "
-            f"the plane spanned by those axes (all other directions at 0)")
+            f"projected on their first two principal axes; manifold.png decodes the plane "
+            f"spanned by those axes through the means' centre (all other directions there)")
     return written
 
 

@@ -523,3 +523,36 @@ def test_an_edited_config_json_is_named_as_the_cause(capsys, tmp_path, cli_run):
     assert_clean_error(rc, err, "config.json says latent_dim 5", "trained with latent_dim 2",
                        "set latent_dim back to 2", status=1)
     assert "--latent-dim" not in err
+
+
+def test_manifold_covers_where_the_test_means_lie(cli_run, tmp_path, monkeypatch,
+                                                  synthetic_data_dir):
+    """manifold.png decodes a grid over the central 98% of the test means (a short run's means
+    lie well inside [-2, 2]), or over --manifold-range."""
+    from minivae import visualise
+    from minivae.evaluate import posterior_means
+    from minivae.run import load_run
+
+    grids = []
+    real = visualise.decode_probs
+
+    def spy(model, z):
+        if len(z) == 121:
+            grids.append(np.asarray(z))
+        return real(model, z)
+    monkeypatch.setattr(visualise, "decode_probs", spy)
+    args = ["--backend", "numpy", "--data-dir", str(synthetic_data_dir), "--no-download",
+            "--limit", "200"]
+    assert cli.main(["plot", str(cli_run), "--out", str(tmp_path / "a"), *args]) == 0
+    model, cfg, _ = load_run(cli_run, backend="numpy")
+    from minivae import data
+    images, _ = data.load_for(cfg.replace(data_dir=str(synthetic_data_dir), download=False),
+                              "test", 200, progress=False)
+    means = posterior_means(model, images, cfg)[0]
+    for k in (0, 1):
+        lo, hi = np.percentile(means[:, k], [1, 99])
+        assert grids[0][:, k].min() == pytest.approx(lo) and grids[0][:, k].max() == \
+            pytest.approx(hi)
+    assert cli.main(["plot", str(cli_run), "--out", str(tmp_path / "b"), "--manifold-range",
+                     "-1", "1", *args]) == 0
+    assert grids[1].min() == -1 and grids[1].max() == 1

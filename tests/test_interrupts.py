@@ -230,3 +230,19 @@ def test_short_commands_end_quietly_on_a_closed_pipe(tmp_path, synthetic_data_di
         finally:
             os.close(w)
         assert p.returncode == status and p.stderr == "", (argv, p.stderr)
+
+
+def test_the_resume_command_pastes_back_into_a_shell(tmp_path):
+    """A run folder named with a space and a non-ASCII letter: the command the interrupt line
+    gives is one a shell takes as it is."""
+    import shlex
+
+    from minivae.run import resume_command
+
+    out = tmp_path / "runs" / "ü 2"
+    command = resume_command(out)
+    assert shlex.split(command) == ["minivae", "train", "--resume", "--out", str(out)]
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "model-3.npz").write_bytes(b"")
+    hint = cli._resume_hint(type("Args", (), {"run_folder": out})())
+    assert f"`{command}` continues after epoch 3" in hint
