@@ -272,13 +272,17 @@ def _mention_report(run):
 
 def report_arguments(p):
     saved_run_args(p, "use the first N test images")
+    p.add_argument("--out", metavar="PATH",
+                   help="write the page to PATH (a .html file, else a folder to write "
+                        "report.html into) instead of RUN/report.html, e.g. for a run folder "
+                        "that cannot be written")
 
 
 def cmd_report(args):
     path = write_report(args.run, epoch=args.epoch, backend=args.backend, limit=args.limit,
                         data_dir=args.data_dir, mirrors=args.mirror,
                         download=False if args.no_download else None, log=_err,
-                        verbose=args.verbose)
+                        verbose=args.verbose, out=args.out)
     say(f"minivae: wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser")
     return 0
 

@@ -24,6 +24,7 @@ where decode takes latentDim numbers and returns the height x width pixel probab
 import base64
 import html
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from minivae.backend import to_host
 from minivae.errors import TrainError
 from minivae.evaluate import latent_stats, posterior_means
 from minivae.plots import CLASS_NAMES, pca_2d
-from minivae.run import EVALUATION, REPORT, STREAM_VIS, RunFolder, load_run, stream_rng
+from minivae.run import EVALUATION, PLOTTED, REPORT, STREAM_VIS, RunFolder, load_run, stream_rng
 
 REPORT_POINTS = 1000                 # test images in the explorer (their means and pixels)
 PICTURES = ("clustering.png", "manifold.png", "test-vs-reconstruction.png", "traversals.png",
@@ -92,8 +93,23 @@ def evaluation_for(run, epoch):
     return saved.get(str(epoch)) if isinstance(saved, dict) else None
 
 
-def report_data(model, cfg, ckpt, run, images, labels):
-    """Everything the page shows, as one JSON-ready dict."""
+def pictures_for(run, epoch, page_dir):
+    """(links to the pictures `minivae plot` drew in the run folder, relative to the page's
+    folder; None, or the epoch they show when it is not `epoch`: then no links, the page says
+    which epoch they show instead)."""
+    present = [p for p in PICTURES if run.file(p).is_file()]
+    try:
+        drawn = json.loads(run.file(PLOTTED).read_text()).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        drawn = None                  # pictures of a plot that kept no record: shown
+    if present and drawn is not None and drawn != epoch:
+        return [], drawn
+    return [Path(os.path.relpath(run.file(p), page_dir)).as_posix() for p in present], None
+
+
+def report_data(model, cfg, ckpt, run, images, labels, page_dir=None):
+    """Everything the page shows, as one JSON-ready dict (page_dir: where the page goes, for
+    the links to the run's pictures; the run folder by default)."""
     means, log_vars = posterior_means(model, images, cfg)
     stats = latent_stats(means, log_vars)
     d = means.shape[1]
@@ -121,7 +137,8 @@ def report_data(model, cfg, ckpt, run, images, labels):
                     labels=b64(labels[idx], "u1"), images=b64(images[idx], "u1"),
                     testIndex=[int(i) for i in idx]),
         decoder=dict(layers=spec, weights=b64(weights, "<f4")),
-        pictures=[p for p in PICTURES if run.file(p).is_file()],
+        **dict(zip(("pictures", "picturesEpoch"),
+                   pictures_for(run, ckpt.epoch, page_dir or run.path))),
     )
 
 
@@ -208,17 +225,21 @@ def render(data):
 
 
 def write_report(run_dir, epoch=None, backend="auto", limit=None, data_dir=None, mirrors=None,
-                 download=None, log=None, verbose=False):
-    """Write RUN/report.html for checkpoint `epoch` (default: the newest); returns its path.
-    The page is written last, atomically: when anything fails, nothing is written."""
+                 download=None, log=None, verbose=False, out=None):
+    """Write RUN/report.html for checkpoint `epoch` (default: the newest that loads), or `out`
+    (a .html file, else a folder to write report.html into); returns its path. The page is
+    written last, atomically: when anything fails, nothing is written."""
     run = RunFolder(run_dir)
     model, cfg, ckpt = load_run(run_dir, epoch, backend, log=log, verbose=verbose)
     cfg = cfg.replace(data_dir=data_dir, mirrors=mirrors or None, download=download)
     images, labels = data.load_for(cfg, "test", limit if limit is not None else cfg.limit)
+    path = run.file(REPORT) if out is None else Path(out)
+    if out is not None and path.suffix.lower() not in (".html", ".htm"):
+        path = path / REPORT                                  # a folder
     with np.errstate(all="ignore"):
-        page = render(report_data(model, cfg, ckpt, run, images, labels))
-    path = run.file(REPORT)
+        page = render(report_data(model, cfg, ckpt, run, images, labels, path.parent))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         files.write_text(path, page)
     except files.DiskFull:
         raise

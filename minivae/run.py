@@ -13,6 +13,7 @@ A run lives in one folder (``--out``)::
     checkpoints/model-<N>.npz  everything needed to continue after epoch N (minivae.checkpoint)
     evaluation.json          `minivae evaluate`'s results, by epoch
     report.html              `minivae report`'s page (minivae.report)
+    plotted.json             the epoch `minivae plot` drew and the files it wrote
     .lock                    held by the training process while it runs (its process id in it)
 
 Every file is written to a temporary name and renamed into place (minivae.files), so `plot`,
@@ -43,6 +44,7 @@ CONFIG, METRICS, LOSS, ORIGINAL = "config.json", "metrics.csv", "loss.png", "ori
 LOCK = ".lock"                       # held by the process training the run
 EVALUATION = "evaluation.json"       # `minivae evaluate`'s results, by epoch
 REPORT = "report.html"               # `minivae report`'s page
+PLOTTED = "plotted.json"             # `minivae plot`'s record: the epoch drawn, the files
 METRIC_FIELDS = ("epoch", "train_loss", "train_recon", "train_kl", "train_reg", "beta",
                  "test_neg_elbo", "active_units", "seconds")
 

@@ -75,6 +75,11 @@ def choose(requested=None):
     less the busy ones, at least 1."""
     cores = usable_cores()
     if requested is not None:
+        if requested > cores:
+            _warn_once(f"minivae: warning: --threads {requested} is more than the {cores} "
+                       f"core{'s' * (cores != 1)} this process may use: the BLAS threads then "
+                       f"take turns on the cores and every product gets much slower; "
+                       f"--threads {cores} or fewer is faster")
         return requested, f"--threads {requested}"
     env = from_environment()
     if env is not None:
@@ -86,6 +91,15 @@ def choose(requested=None):
 
 
 _LIMITS = []          # kept alive: the limits last as long as the process
+_WARNED = set()
+
+
+def _warn_once(message):
+    """The message on stderr, the first time this process says it."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        import sys
+        print(message, file=sys.stderr, flush=True)
 
 
 def apply(requested=None):

@@ -28,12 +28,11 @@ from minivae import data, files
 from minivae.backend import to_host
 from minivae.errors import TrainError
 from minivae.evaluate import decode_probs, latent_stats, noise, posterior_means, reconstruct
-from minivae.run import STREAM_VIS, load_run, stream_rng
+from minivae.run import PLOTTED, STREAM_VIS, load_run, stream_rng
 from minivae.plots import (CLASS_NAMES, as_square_images, data_range, image_figure, image_grid,
                            latent_scatter, manifold_points, pca_2d, save_gif, save_png,
                            side_by_side, traversal_figure)
 
-PLOTTED = "plotted.json"   # the epoch the pictures show and the files this command wrote
 SCALE = 3                  # pixels per image pixel in manifold.png and interpolation.png
 TRAVERSAL_STEPS = 11       # columns of traversals.png
 INTERPOLATION_STEPS = 10   # decodes between (and including) the two posterior means

@@ -249,3 +249,16 @@ def test_the_busy_count_leaves_out_this_process_and_passing_processes():
 
     assert threads.others_running() >= 0
     assert threads._own_running() >= 1                              # this thread, running
+
+
+def test_more_threads_than_cores_warns_once(monkeypatch, capsys):
+    from minivae import threads
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "_WARNED", set())
+    assert threads.choose(2) == (2, "--threads 2")
+    assert capsys.readouterr().err == ""
+    for _ in range(3):
+        assert threads.choose(64)[0] == 64
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--threads 64 is more than the 2 cores" in err

@@ -186,3 +186,25 @@ def test_the_page_decodes_as_python_does_in_a_real_browser(runs, name, tmp_path)
     shot = chromium(["--window-size=1280,1500", f"--screenshot={tmp_path / 'page.png'}",
                      "--virtual-time-budget=5000", (run / "report.html").as_uri()], tmp_path)
     assert (tmp_path / "page.png").stat().st_size > 10_000, shot.stderr[-2000:]
+
+
+def test_report_out_and_the_pictures_of_its_epoch(runs, tmp_path, synthetic_data_dir):
+    """--out writes the page elsewhere (the run folder untouched) with links back to the run's
+    pictures; pictures of another epoch than the page's are named as such, not shown."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["mlp"], run)
+    (run / "report.html").unlink()
+    data_args = ["--data-dir", str(synthetic_data_dir), "--no-download", "--backend", "numpy"]
+    assert cli.main(["plot", str(run), "--epoch", "1", *data_args]) == 0
+    assert cli.main(["report", str(run), "--out", str(tmp_path / "pages"), *data_args]) == 0
+    assert not (run / "report.html").exists()
+    newest = page_data(tmp_path / "pages" / "report.html")
+    assert newest["epoch"] == 2 and newest["picturesEpoch"] == 1 and newest["pictures"] == []
+    assert cli.main(["report", str(run), "--epoch", "1", "--out",
+                     str(tmp_path / "pages" / "epoch1.html"), *data_args]) == 0
+    first = page_data(tmp_path / "pages" / "epoch1.html")
+    assert first["picturesEpoch"] is None and "../run/manifold.png" in first["pictures"]
+    assert all((tmp_path / "pages" / link).is_file() for link in first["pictures"])
+    assert first["metrics"][-1]["epoch"] == 1
