@@ -78,6 +78,9 @@ SETTINGS = tuple(f.name for f in dataclasses.fields(Config))
 # tiers compute the same numbers, so a run may continue on another one.)
 FIXED_ON_RESUME = ("model", "dataset", "batch_size", "lr", "beta", "weight_decay", "latent_dim",
                    "hidden_dim", "seed", "sample_size", "limit", "dtype", "kl_warmup")
+# Settings a resumed run goes on with, which config.json then records (the others of its kind,
+# such as the backend or --keep-checkpoints, are the one command's).
+RECORDED_ON_RESUME = ("threads", "recon_from")
 # Settings added after the first runs were saved, with the value an older config.json means.
 LATER_SETTINGS = {"kl_warmup": 0, "recon_from": "sample"}
 

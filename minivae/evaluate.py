@@ -110,8 +110,10 @@ def evaluate(model, images, cfg, iw_samples=100, batch_size=None, seed_stream=ST
     rng = stream_rng(cfg.seed, seed_stream, K)
     elbo_sum = iwae_sum = 0.0
     n = 0
-    with progress_bar(progress, total=data.num_batches(len(images), batch_size, False),
-                      unit="batch", desc=f"evaluate (K={K})", leave=False) as bar:
+    # counted in latent draws (images x K), updated after every chunk: a large K takes
+    # minutes per batch of images
+    with progress_bar(progress, total=len(images) * K, unit="draw", unit_scale=True,
+                      desc=f"evaluate (K={K})", leave=False) as bar:
         for x, _ in eval_batches(model, images, cfg, batch_size):
             B = len(x)
             mu, log_var = model.encode(x)
@@ -121,12 +123,12 @@ def evaluate(model, images, cfg, iw_samples=100, batch_size=None, seed_stream=ST
                 kc = min(chunk, K - k0)
                 eps = noise(rng, (kc, B, d), xp, model.dtype)
                 log_w[:, k0:k0 + kc] = to_host(log_weights(model, x, mu, log_var, eps)).T
+                bar.update(B * kc)
             iwae = log_mean_exp(log_w, axis=1)
             elbo = log_w.mean(axis=1)
             elbo_sum += float(elbo.sum())
             iwae_sum += float(iwae.sum())
             n += B
-            bar.update(1)
     return {"images": n, "iw_samples": K, "neg_elbo": -elbo_sum / n, "neg_log_px": -iwae_sum / n}
 
 

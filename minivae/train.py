@@ -35,7 +35,7 @@ import numpy as np
 from minivae import data, plots, signals, threads
 from minivae.backend import backend_name, to_host
 from minivae.checkpoint import save_checkpoint
-from minivae.config import check_config
+from minivae.config import RECORDED_ON_RESUME, check_config
 from minivae.errors import NonFiniteLossError, TrainError
 from minivae.evaluate import decode_probs, latent_metrics, noise, reconstruct, test_neg_elbo
 from minivae.gpu.replay import GraphUnavailable, ReplayedStep, why_not
@@ -205,11 +205,13 @@ def _history(run, ckpt, resumed_folder, log, warn):
         else:
             log(f"minivae: resuming {folder} from {ckpt.path.name} (epoch {ckpt.epoch} of "
                 f"{cfg.epochs})")
-        # config.json keeps the settings the run was trained with; only a longer run raises
-        # its --epochs.
+        # config.json keeps the settings the run was trained with; a resume records those it
+        # goes on with (RECORDED_ON_RESUME), and a longer run raises its --epochs.
         saved = folder.read_config() or ckpt.config
-        if cfg.epochs > saved.get("epochs", 0):
-            folder.write_config(dict(saved, epochs=cfg.epochs))
+        updated = dict(saved, **{k: getattr(cfg, k) for k in RECORDED_ON_RESUME})
+        updated["epochs"] = max(cfg.epochs, saved.get("epochs", 0))
+        if updated != saved:
+            folder.write_config(updated)
     else:
         if resumed_folder:
             warn(f"minivae: no usable checkpoint in {folder}; starting from epoch 1")

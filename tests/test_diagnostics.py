@@ -215,3 +215,32 @@ def test_a_run_saved_before_these_columns_resumes(tmp_path, synthetic_data_dir):
     assert float(rows[1]["beta"]) == 1.0 and rows[1]["active_units"] in ("0", "1", "2")
     steps = -(-3000 // 16)                                   # the last partial batch is kept
     assert Checkpoint(out / "checkpoints" / "model-2.npz").step == 2 * steps
+
+
+def test_a_long_evaluation_shows_progress_within_a_batch(monkeypatch):
+    """evaluate's bar counts latent draws and moves after every chunk of them, so K = 100,000
+    importance samples (minutes a batch) do not sit at 0% until a batch ends."""
+    from minivae import evaluate as ev
+    from minivae.config import make_config
+    from minivae.tiers import build_model
+
+    updates = []
+
+    class Bar:
+        def __init__(self, progress=True, **options):
+            self.total = options["total"]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            updates.append(n)
+    monkeypatch.setattr(ev, "progress_bar", Bar)
+    cfg = make_config(model="mlp", hidden_dim=8, backend="numpy")
+    model = build_model("mlp", hidden_dim=8, dtype=np.float64)
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    ev.evaluate(model, images, cfg, iw_samples=40, max_rows=16, progress=True)
+    assert sum(updates) == 4 * 40 and len(updates) == 10       # chunks of 4 draws per image

@@ -14,7 +14,7 @@ from minivae import run as run_module
 from minivae.checkpoint import Checkpoint
 from minivae.config import make_config
 from minivae.errors import TrainError
-from minivae.run import RunFolder, metric_fields
+from minivae.run import RunFolder, metric_fields, resume_config
 from minivae.evaluate import evaluate_run
 from minivae.train import NonFiniteLossError, train
 
@@ -403,3 +403,17 @@ def test_a_checkpoint_missing_a_parameter_names_it(mlp_run, tmp_path, synthetic_
                                          f"{name}$"):
         evaluate_run(out, backend="numpy", iw_samples=1, limit=8,
                      data_dir=str(synthetic_data_dir), download=False)
+
+
+def test_config_json_records_what_a_resume_changed(tmp_path, synthetic_data_dir):
+    """--resume --threads 1 --recon-from mean: applied, and written to config.json."""
+    out = tmp_path / "run"
+    run(tiny(out, synthetic_data_dir, epochs=1))
+    before = json.loads((out / "config.json").read_text())
+    assert before["recon_from"] == "sample"
+    cfg = resume_config({"out": str(out), "epochs": 2, "threads": 1, "recon_from": "mean"})[0]
+    run(cfg, resume=True)
+    after = json.loads((out / "config.json").read_text())
+    assert after["threads"] == 1 and after["recon_from"] == "mean" and after["epochs"] == 2
+    assert {k: v for k, v in after.items() if k not in ("threads", "recon_from", "epochs")} == \
+        {k: v for k, v in before.items() if k not in ("threads", "recon_from", "epochs")}
