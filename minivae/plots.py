@@ -59,22 +59,47 @@ def image_grid(images, ncol, pad=0, pad_value=0.0):
     return out
 
 
-def save_png(path, image, scale=1):
-    """Write a grey image with values in [0, 1] (H, W) as an 8-bit PNG, atomically."""
+def save_png(path, image, scale=1, caption=None):
+    """Write a grey image with values in [0, 1] (H, W) as an 8-bit PNG, atomically; with a
+    caption, in black on a white band above it (wrapped to the image's width)."""
     from PIL import Image
 
     path = Path(path)
     pixels = to_uint8(image)
     if scale > 1:
         pixels = np.kron(pixels, np.ones((scale, scale), dtype=np.uint8))
+    if caption:
+        pixels = np.concatenate([caption_band(caption, pixels.shape[1]), pixels])
     with Replacing(path) as f:
         Image.fromarray(pixels, mode="L").save(f, format="PNG")
     return path
 
 
-def save_grid(path, images, ncol, pad=0, scale=1):
+CAPTION_LINE = 13                          # pixels a line of PIL's built-in font
+
+
+def caption_band(text, width):
+    """(rows, width) uint8: `text` in black on white, wrapped at words to `width` pixels."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("L", (1, 1))).textlength
+    lines = []
+    for word in text.split():
+        if lines and measure(f"{lines[-1]} {word}", font=font) <= width - 4:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    band = Image.new("L", (width, CAPTION_LINE * max(1, len(lines)) + 4), 255)
+    draw = ImageDraw.Draw(band)
+    for k, line in enumerate(lines):
+        draw.text((2, 2 + CAPTION_LINE * k), line, fill=0, font=font)
+    return np.asarray(band)
+
+
+def save_grid(path, images, ncol, pad=0, scale=1, caption=None):
     """Tile images (values in [0, 1]) into a grid with `ncol` columns and save it as a PNG."""
-    return save_png(path, image_grid(images, ncol, pad=pad), scale=scale)
+    return save_png(path, image_grid(images, ncol, pad=pad), scale=scale, caption=caption)
 
 
 def side_by_side(originals, reconstructions, pad=2):

@@ -240,7 +240,8 @@ def _fixed_grid(run):
                 model.dtype)
     prior_z = noise(stream_rng(cfg.seed, STREAM_SAMPLES), (s * s, cfg.latent_dim), model.xp,
                     model.dtype)
-    plots.save_grid(run.folder.file(ORIGINAL), to_host(x), ncol=s)
+    plots.save_grid(run.folder.file(ORIGINAL), to_host(x), ncol=s,
+                    caption=f"{s * s} training images: the run's fixed grid")
     return Grid(x, eps, prior_z)
 
 
@@ -267,10 +268,11 @@ def _save_epoch(run, epoch, history, grid):
     folder.prune_checkpoints(cfg.keep_checkpoints)
     recon_eps = grid.eps if cfg.recon_from == "sample" else None          # None: the mean
     s = cfg.sample_size
+    how = "a sampled z" if cfg.recon_from == "sample" else "the posterior mean"
     plots.save_grid(folder.epoch_picture("epoch", epoch), reconstruct(model, grid.x, recon_eps),
-                    ncol=s)
+                    ncol=s, caption=f"epoch {epoch}: original.png reconstructed ({how})")
     plots.save_grid(folder.epoch_picture("samples", epoch), decode_probs(model, grid.prior_z),
-                    ncol=s)
+                    ncol=s, caption=f"epoch {epoch}: decodes of {s * s} draws from the prior")
     folder.write_metrics(history, cfg.latent_dim)
     plots.loss_curves(folder.file(LOSS), history)
     if run.writer is not None:

@@ -83,7 +83,7 @@ def plot_run(run_dir, epoch=None, backend="auto", num_images=8, data_dir=None, m
         means, log_vars = posterior_means(model, images, cfg)
         written = _latent_plane(folder, model, cfg, ckpt.epoch, means, labels, log,
                                 manifold_range)
-        written += _test_reconstructions(folder, model, cfg, images, num_images)
+        written += _test_reconstructions(folder, model, cfg, images, num_images, ckpt.epoch)
         written += _traversals(folder, model, means, log_vars, traverse_image, np.linspace(
             lo, hi, TRAVERSAL_STEPS), ckpt.epoch)
         written.append(_interpolation(folder, model, cfg, images, means, pair, ckpt.epoch))
@@ -160,7 +160,7 @@ def _latent_plane(run, model, cfg, epoch, means, labels, log, manifold_range=Non
     return written
 
 
-def _test_reconstructions(run, model, cfg, images, num_images):
+def _test_reconstructions(run, model, cfg, images, num_images, epoch):
     """test-image-<i>.png, reconstruction-<i>.png and test-vs-reconstruction.png."""
     spec, xp = cfg.spec, model.xp
     rng = stream_rng(cfg.seed, STREAM_VIS)
@@ -174,7 +174,9 @@ def _test_reconstructions(run, model, cfg, images, num_images):
         written.append(save_png(run / f"test-image-{k}.png", orig[i]))
         written.append(save_png(run / f"reconstruction-{k}.png", recon[i]))
     written.append(save_png(run / "test-vs-reconstruction.png", side_by_side(orig, recon),
-                            scale=2))
+                            scale=2, caption=f"epoch {epoch}: test images {', '.join(map(str, idx))} "
+                                             f"(top) and their reconstructions (below, a sampled "
+                                             f"z)"))
     return written
 
 

@@ -69,3 +69,18 @@ def test_loss_curves_and_scatter(tmp_path):
     for name in ("loss.png", "c.png"):
         with Image.open(tmp_path / name) as im:
             im.verify()
+
+
+def test_a_caption_goes_on_a_white_band_above_the_picture(tmp_path):
+    from PIL import Image
+
+    grid = np.linspace(0, 1, 28 * 56).reshape(28, 56)
+    plots.save_png(tmp_path / "plain.png", grid)
+    plots.save_png(tmp_path / "captioned.png", grid, caption="epoch 3: decodes of 100 draws "
+                                                              "from the prior, wrapped to fit")
+    plain = np.asarray(Image.open(tmp_path / "plain.png"))
+    captioned = np.asarray(Image.open(tmp_path / "captioned.png"))
+    band = captioned[:-28]
+    assert captioned.shape[1] == 56 and len(band) >= 2 * plots.CAPTION_LINE   # wrapped
+    np.testing.assert_array_equal(captioned[-28:], plain)
+    assert band.max() == 255 and band.min() < 100
