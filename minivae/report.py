@@ -24,6 +24,7 @@ where decode takes latentDim numbers and returns the height x width pixel probab
 import base64
 import html
 import json
+import math
 import os
 from pathlib import Path
 
@@ -142,14 +143,30 @@ def report_data(model, cfg, ckpt, run, images, labels, page_dir=None):
     )
 
 
+def nice_ticks(lo, hi, most=6):
+    """Round values for an axis that covers [lo, hi]: the multiples of a step of 1, 2, 2.5 or 5
+    times a power of ten from below lo to above hi, at most `most` of them (the axis then runs
+    from the first to the last)."""
+    if not hi > lo:
+        hi = lo + (abs(lo) or 1.0)
+    power = 10.0 ** math.floor(math.log10((hi - lo) / (most - 1)))
+    for step in (power * m for m in (1, 2, 2.5, 5, 10, 20)):
+        first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+        if last - first + 1 <= most:
+            break
+    digits = max(0, 1 - math.floor(math.log10(step)))
+    return [round(k * step, digits) for k in range(first, last + 1)]
+
+
 def svg_chart(series, xlabel, ylabel, title, bars=False, width=460, height=260):
     """A small chart as inline SVG: series [(label, [(x, y)], colour)], axes with ticks."""
     points = [p for _, pts, _ in series for p in pts]
     if not points:
         return "<p>(no data)</p>"
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(0.0, min(p[1] for p in points)), max(p[1] for p in points)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    x1 = x1 if x1 > x0 else x0 + 1
+    yticks = nice_ticks(min(0.0, min(p[1] for p in points)), max(p[1] for p in points))
+    y0, y1 = yticks[0], yticks[-1]
     L, R, T, B = 62, 12, 26, 40                     # margins: left, right, top, bottom
 
     def sx(x):                                      # data x -> SVG x (bars: centred in a slot)
@@ -165,9 +182,8 @@ def svg_chart(series, xlabel, ylabel, title, bars=False, width=460, height=260):
            f'</text>',
            f'<line x1="{L}" y1="{height - B}" x2="{width - R}" y2="{height - B}" class="ax"/>',
            f'<line x1="{L}" y1="{T}" x2="{L}" y2="{height - B}" class="ax"/>']
-    for k in range(5):
-        y = y0 + (y1 - y0) * k / 4
-        out.append(f'<text x="{L - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.4g}</text>'
+    for y in yticks:
+        out.append(f'<text x="{L - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:g}</text>'
                    f'<line x1="{L}" y1="{sy(y):.1f}" x2="{width - R}" y2="{sy(y):.1f}" '
                    f'class="grid"/>')
     xs = sorted({p[0] for p in points})

@@ -208,3 +208,18 @@ def test_report_out_and_the_pictures_of_its_epoch(runs, tmp_path, synthetic_data
     assert first["picturesEpoch"] is None and "../run/manifold.png" in first["pictures"]
     assert all((tmp_path / "pages" / link).is_file() for link in first["pictures"])
     assert first["metrics"][-1]["epoch"] == 1
+
+
+def test_chart_ticks_are_round_numbers():
+    from minivae.report import nice_ticks, svg_chart
+
+    for lo, hi in ((0, 96.66), (0, 0.5494), (0.0, 1e-7), (-3.2, 250.1), (100.5, 100.6), (5, 5)):
+        ticks = nice_ticks(lo, hi)
+        assert ticks[0] <= lo and ticks[-1] >= hi and 2 <= len(ticks) <= 6, (lo, hi, ticks)
+        step = ticks[1] - ticks[0]
+        mantissa = step / 10 ** np.floor(np.log10(step))
+        assert any(abs(mantissa - m) < 1e-6 for m in (1, 2, 2.5, 5)), (lo, hi, ticks)
+    svg = svg_chart([("loss", [(1, 96.66), (2, 80.1), (3, 71.3)], "#000")], "epoch", "nats",
+                    "loss")
+    labels = re.findall(r'text-anchor="end">([^<]+)</text><line', svg)
+    assert labels == ["0", "20", "40", "60", "80", "100"], labels
