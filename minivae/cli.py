@@ -24,6 +24,7 @@ from minivae.flags import (backend_arg, data_args, impl_arg, no_download_arg, no
                            seed_defaults, threads_arg, within)
 from minivae.backend import BackendError
 from minivae.config import CUDA_GRAPH, DTYPES, RECON_FROM, SETTINGS, make_config
+from minivae.optim import OPTIMIZERS
 from minivae.download import DATASETS, DownloadError, download, mirrors
 from minivae.errors import TrainError
 from minivae.evaluate import ACTIVE_VARIANCE, evaluate_run
@@ -88,7 +89,12 @@ def train_arguments(p):
     p.add_argument("--batch-size", type=positive_int,
                    help=f"images per training step (default: the seed's, "
                         f"{seed_defaults('batch_size')})")
-    p.add_argument("--lr", type=positive_float, help="Adam learning rate")
+    p.add_argument("--lr", type=positive_float,
+                   help="the optimizer's learning rate (default: the seed's, "
+                        f"{seed_defaults('lr')})")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
+                   help="sgd (p -= lr g), momentum (v = 0.9 v - lr g; p += v) or adam (the "
+                        "seeds'; default); fixed on --resume")
     p.add_argument("--beta", type=non_negative_float, help="weight of the KL term (default 1)")
     p.add_argument("--weight-decay", type=non_negative_float, metavar="LAMBDA",
                    help="weight of the L2 penalty LAMBDA * sum of squared parameters, added to "

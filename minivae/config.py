@@ -18,6 +18,7 @@ from minivae.backend import BACKENDS
 from minivae.download import DATASETS
 from minivae.errors import ResumeMismatch, TrainError
 from minivae.models import MODELS
+from minivae.optim import OPTIMIZERS
 from minivae.tiers import IMPLS
 
 DTYPES = ("float32", "float64")
@@ -57,6 +58,7 @@ class Config:
     keep_checkpoints: Optional[int] = None  # None: keep every checkpoint
     threads: Optional[int] = None           # BLAS threads; None: auto (minivae.threads)
     cuda_graph: Optional[str] = None        # "auto" / "off"; None: auto, not asked for
+    optimizer: str = "adam"                 # a key of optim.OPTIMIZERS (the seeds': adam)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -77,12 +79,13 @@ SETTINGS = tuple(f.name for f in dataclasses.fields(Config))
 # Settings that define the computation: a resumed run must use the same ones. (Not "impl": the
 # tiers compute the same numbers, so a run may continue on another one.)
 FIXED_ON_RESUME = ("model", "dataset", "batch_size", "lr", "beta", "weight_decay", "latent_dim",
-                   "hidden_dim", "seed", "sample_size", "limit", "dtype", "kl_warmup")
+                   "hidden_dim", "seed", "sample_size", "limit", "dtype", "kl_warmup",
+                   "optimizer")
 # Settings a resumed run goes on with, which config.json then records (the others of its kind,
 # such as the backend or --keep-checkpoints, are the one command's).
 RECORDED_ON_RESUME = ("threads", "recon_from")
 # Settings added after the first runs were saved, with the value an older config.json means.
-LATER_SETTINGS = {"kl_warmup": 0, "recon_from": "sample"}
+LATER_SETTINGS = {"kl_warmup": 0, "recon_from": "sample", "optimizer": "adam"}
 
 
 def make_config(model="mlp", **settings):
@@ -150,6 +153,7 @@ def check_config(cfg):
                              f"{getattr(cfg, key)!r}")
     one_of("backend", BACKENDS, "backend")
     one_of("impl", IMPLS, "impl")
+    one_of("optimizer", OPTIMIZERS, "optimizer")
     if cfg.cuda_graph is not None and cfg.cuda_graph not in CUDA_GRAPH:
         raise TrainError(f"--cuda-graph must be one of {', '.join(CUDA_GRAPH)}, got "
                          f"{cfg.cuda_graph!r}")

@@ -38,7 +38,7 @@ from minivae.checkpoint import Checkpoint
 from minivae.config import (FIXED_ON_RESUME, LATER_SETTINGS, SETTINGS, is_int, make_config,
                             resume_settings)
 from minivae.errors import ResumeMismatch, TrainError
-from minivae.tiers import build_model, make_adam
+from minivae.tiers import build_model, make_optimizer
 
 CONFIG, METRICS, LOSS, ORIGINAL = "config.json", "metrics.csv", "loss.png", "original.png"
 LOCK = ".lock"                       # held by the process training the run
@@ -85,9 +85,11 @@ def model_for(cfg, xp):
 
 
 def fresh_state(cfg, xp):
-    """(model, optimizer, data generator) as a new run starts them."""
+    """(model, optimizer (cfg.optimizer, of the model's tier), data generator) as a new run
+    starts them."""
     model = model_for(cfg, xp)
-    return model, make_adam(model, lr=cfg.lr), stream_rng(cfg.seed, STREAM_DATA)
+    return (model, make_optimizer(model, cfg.optimizer, lr=cfg.lr),
+            stream_rng(cfg.seed, STREAM_DATA))
 
 
 class RunFolder:

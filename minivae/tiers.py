@@ -7,8 +7,11 @@ on NumPy, minivae/gpu/ on CuPy). This module is the one place that knows which t
     TIERS["fast"].layers.Conv2d      the fast tier's Conv2d
     TIERS["fast"].layers.Tanh        the plain Tanh: a tier without a twin of a layer uses the
                                      plain class, so a new plain layer works in every tier
+    TIERS["gpu"].optimizers["adam"]  the gpu tier's Adam (optimizers the tier has no twin of:
+                                     the plain class, as for layers)
     build_model("conv", impl="fast") a seed model built from a tier's layer classes
-    make_adam(model, lr=1e-3)        the Adam of the model's tier (optim.Adam on the plain tier)
+    make_optimizer(model, "sgd", lr) the optimizer of the model's tier (optim.py on the plain
+                                     tier); make_adam(model, lr) is make_optimizer(..., "adam")
 
 `resolve_impl` turns "auto" into a tier for a backend: fast on NumPy; on CuPy the gpu tier, once
 it has passed a one-batch self-check on the device against the plain tier (else plain, with one
@@ -53,14 +56,14 @@ def _same_class(cls):
 
 class Tier(NamedTuple):
     layers: object          # the layer classes (layers.py itself for the plain tier)
-    adam: type              # the optimizer class, same arguments and state as optim.Adam
+    optimizers: dict        # name -> the tier's twin of optim.OPTIMIZERS[name] (same state)
     model_class: Callable = _same_class   # a registry model class -> the class this tier builds
 
 
 TIERS = {
-    "plain": Tier(layers, optim.Adam),
-    "fast": Tier(LayerSet("fast", fast_layers), fast_optim.Adam),
-    "gpu": Tier(LayerSet("gpu", gpu_layers), gpu_optim.Adam, gpu_models.flat_class),
+    "plain": Tier(layers, optim.OPTIMIZERS),
+    "fast": Tier(LayerSet("fast", fast_layers), {"adam": fast_optim.Adam}),
+    "gpu": Tier(LayerSet("gpu", gpu_layers), {"adam": gpu_optim.Adam}, gpu_models.flat_class),
 }
 IMPLS = ("auto",) + tuple(TIERS)
 
@@ -160,6 +163,16 @@ def build_model(name, *, latent_dim=None, hidden_dim=None, seed=0, dtype=np.floa
     return cls(seed=seed, dtype=dtype, backend=backend, layer_set=tier.layers, **sizes)
 
 
+def make_optimizer(model, name="adam", lr=1e-3, **kwargs):
+    """Optimizer `name` (a key of optim.OPTIMIZERS) for `model`: its tier's twin where the tier
+    has one, else the plain class; the same numbers as optim.OPTIMIZERS[name](model, lr)."""
+    if name not in optim.OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of "
+                         f"{', '.join(optim.OPTIMIZERS)}")
+    cls = TIERS[tier_of(model)].optimizers.get(name, optim.OPTIMIZERS[name])
+    return cls(model, lr=lr, **kwargs)
+
+
 def make_adam(model, lr=1e-3, **kwargs):
-    """Adam for `model`, of the model's tier: the same numbers as optim.Adam(model, lr)."""
-    return TIERS[tier_of(model)].adam(model, lr=lr, **kwargs)
+    """Adam for `model`, of the model's tier: make_optimizer(model, "adam", lr)."""
+    return make_optimizer(model, "adam", lr, **kwargs)

@@ -370,7 +370,7 @@ def _replayed_step(run, log, warn):
     cfg, model = run.cfg, run.model
     if cfg.cuda_graph == "off":
         return None
-    why = why_not(model, tier_of(model), model.xp)
+    why = why_not(model, tier_of(model), model.xp, run.opt)
     full = len(run.train_x) // cfg.batch_size
     if why is None and full == 0:
         why = f"no full batch of {cfg.batch_size} to replay"

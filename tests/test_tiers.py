@@ -264,7 +264,7 @@ def gradients(steps, seed=1):
 
 def run_adam(impl, steps, opt=None, model=None, grads=None, dtype=np.float64):
     model = model or Weights(dtype)
-    opt = opt or TIERS[impl].adam(model, lr=1e-2)
+    opt = opt or TIERS[impl].optimizers["adam"](model, lr=1e-2)
     for g in grads if grads is not None else gradients(steps):
         model.grads = {k: v.astype(dtype) for k, v in g.items()}
         opt.step()
@@ -290,7 +290,7 @@ def test_adam_state_resumes_in_either_tier(saver, loader):
     reference, _ = run_adam(saver, 40, grads=grads, **f32)
     model, opt = run_adam(saver, 20, grads=grads[:20], **f32)
     state = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in opt.state_dict().items()}
-    opt2 = TIERS[loader].adam(model, lr=0.5)
+    opt2 = TIERS[loader].optimizers["adam"](model, lr=0.5)
     opt2.load_state_dict(state)
     assert opt2.t == 20 and opt2.lr == 1e-2
     run_adam(loader, 20, opt=opt2, model=model, grads=grads[20:], **f32)
@@ -307,14 +307,14 @@ def test_adam_state_keys_and_bad_states(impl):
     state = opt.state_dict()
     means, squares = "m", "v"                   # one state format, whatever the tier
     assert {"t", "lr", "b1", "b2", "eps", f"{means}.a.W", f"{squares}.b.W"} <= set(state)
-    fresh = TIERS[impl].adam(Weights(), lr=1e-3)
+    fresh = TIERS[impl].optimizers["adam"](Weights(), lr=1e-3)
     with pytest.raises(KeyError):
         fresh.load_state_dict({k: v for k, v in state.items() if k != f"{means}.a.b"})
     bad = dict(state, **{f"{means}.a.b": np.zeros(4)})
     with pytest.raises(ValueError, match="shape"):
         fresh.load_state_dict(bad)
     with pytest.raises(ValueError, match="learning rate"):
-        TIERS[impl].adam(Weights(), lr=0)
+        TIERS[impl].optimizers["adam"](Weights(), lr=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,7 +349,7 @@ def test_every_model_computes_the_same_in_every_tier(name, impl):
     z = noise[:, :plain.latent_dim]
     np.testing.assert_allclose(fast.decode(z), plain.decode(z), **CLOSE)
     # and a few Adam steps later they are still together
-    opts = TIERS["plain"].adam(plain, lr=1e-3), TIERS[impl].adam(fast, lr=1e-3)
+    opts = TIERS["plain"].optimizers["adam"](plain, lr=1e-3), TIERS[impl].optimizers["adam"](fast, lr=1e-3)
     for _ in range(3):
         for model, opt in zip((plain, fast), opts):
             model.loss_and_grads(x, noise=noise)
@@ -426,7 +426,7 @@ def test_a_checkpoint_of_the_first_fast_tier_format_loads(tmp_path):
     from minivae.checkpoint import Checkpoint, save_checkpoint
 
     model = ConvVAE(seed=0, hidden_dim=16, channels=4, layer_set=TIERS["fast"].layers)
-    opt = TIERS["fast"].adam(model, lr=1e-3)
+    opt = TIERS["fast"].optimizers["adam"](model, lr=1e-3)
     x = np.random.default_rng(0).random((2, 1, 32, 32)).astype(np.float32)
     for _ in range(2):
         model.loss_and_grads(x)
@@ -444,7 +444,7 @@ def test_a_checkpoint_of_the_first_fast_tier_format_loads(tmp_path):
     for tier in TIERS:
         fresh = TIERS[tier].model_class(ConvVAE)(seed=1, hidden_dim=16, channels=4,
                                                  layer_set=TIERS[tier].layers)
-        opt2 = TIERS[tier].adam(fresh, lr=1e-3)
+        opt2 = TIERS[tier].optimizers["adam"](fresh, lr=1e-3)
         Checkpoint(path).restore(fresh, opt2)
         state = opt2.state_dict()
         for k, v in opt.state_dict().items():

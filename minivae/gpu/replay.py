@@ -44,12 +44,15 @@ class GraphUnavailable(Exception):
     """Why a CUDA graph does not run this step (one line)."""
 
 
-def why_not(model, tier, xp):
+def why_not(model, tier, xp, opt):
     """None when the step can be replayed from a CUDA graph here, else why not (a phrase)."""
     if backend_name(xp) != "cupy":
         return "it needs --backend cupy"
     if tier != "gpu":
         return f"it replays the gpu tier's step, and this run uses the {tier} tier"
+    if not hasattr(opt, "apply"):
+        return (f"it replays the gpu tier's Adam, and this run uses "
+                f"{type(opt).__name__}")
     if not hasattr(xp.cuda.Stream, "begin_capture"):
         return f"CuPy {xp.__version__} cannot capture CUDA graphs"
     return None
