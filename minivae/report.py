@@ -36,6 +36,7 @@ from minivae.errors import TrainError
 from minivae.evaluate import latent_stats, posterior_means
 from minivae.plots import CLASS_NAMES, pca_2d
 from minivae.run import EVALUATION, PLOTTED, REPORT, STREAM_VIS, RunFolder, load_run, stream_rng
+from minivae.tiers import plain_class
 
 REPORT_POINTS = 1000                 # test images in the explorer (their means and pixels)
 PICTURES = ("clustering.png", "manifold.png", "test-vs-reconstruction.png", "traversals.png",
@@ -61,28 +62,31 @@ def decoder_spec(model):
         return offset - host.size
 
     for layer in model.decoder.layers:
-        if isinstance(layer, layers.Dense):
-            spec.append(dict(type="Dense", inFeatures=layer.in_features,
-                             outFeatures=layer.out_features, W=put(layer.params["W"]),
-                             b=put(layer.params["b"])))
-        elif isinstance(layer, layers.ConvTranspose2d):
-            (kh, kw) = layer.kernel_size
-            spec.append(dict(type="ConvTranspose2d", inChannels=layer.in_channels,
-                             outChannels=layer.out_channels, kh=kh, kw=kw, stride=layer.stride,
-                             padding=layer.padding, W=put(layer.params["W"]),
-                             b=put(layer.params["b"])))
-        elif isinstance(layer, layers.ReLU):
-            spec.append(dict(type="ReLU"))
-        elif isinstance(layer, layers.Tanh):
-            spec.append(dict(type="Tanh"))
-        elif isinstance(layer, layers.Sigmoid):
-            spec.append(dict(type="Sigmoid"))
-        elif isinstance(layer, layers.Reshape):
-            spec.append(dict(type="Reshape", shape=list(layer.shape)))
-        else:
+        kind = JS_TWINS.get(plain_class(layer))
+        if kind is None:
             raise TrainError(f"the report's decoder has no JavaScript twin of "
-                             f"{type(layer).__name__}")
+                             f"{type(layer).__name__} (report.js has {', '.join(JS_TWINS.values())}"
+                             f"; a subclass computes something else, so it needs one of its own)")
+        entry = dict(type=kind)
+        if kind == "Dense":
+            entry.update(inFeatures=layer.in_features, outFeatures=layer.out_features)
+        elif kind == "ConvTranspose2d":
+            (kh, kw) = layer.kernel_size
+            entry.update(inChannels=layer.in_channels, outChannels=layer.out_channels, kh=kh,
+                         kw=kw, stride=layer.stride, padding=layer.padding)
+        elif kind == "Reshape":
+            entry.update(shape=list(layer.shape))
+        if "W" in layer.params:
+            entry.update(W=put(layer.params["W"]), b=put(layer.params["b"]))
+        spec.append(entry)
     return spec, (np.concatenate(chunks) if chunks else np.zeros(0, np.float32))
+
+
+# the classes of layers.py report.js has a twin of, by exact class (a tier's twin of one of them
+# counts as it: tiers.plain_class)
+JS_TWINS = {layers.Dense: "Dense", layers.ConvTranspose2d: "ConvTranspose2d",
+            layers.ReLU: "ReLU", layers.Tanh: "Tanh", layers.Sigmoid: "Sigmoid",
+            layers.Reshape: "Reshape"}
 
 
 def evaluation_for(run, epoch):

@@ -141,6 +141,34 @@ def _self_check_model(xp, name, spec, tolerance):
     return None
 
 
+def plain_class(layer):
+    """The class of layers.py that `layer` is, or is a tier's twin of (a tier's class of the
+    same name, subclassing it); else its own class (a subclass of a plain layer is not its
+    twin: it computes something else)."""
+    cls = type(layer)
+    plain = getattr(layers, cls.__name__, None)
+    if cls is plain:
+        return cls
+    if plain is not None and issubclass(cls, plain) and any(
+            getattr(tier.layers, cls.__name__, None) is cls for tier in TIERS.values()):
+        return plain
+    return cls
+
+
+def unfused_layers(model):
+    """The names of the layer classes in a gpu-tier model the tier has no twin of: they run as
+    their plain classes do, a kernel per operation."""
+    names = set()
+    for part in (model.encoder, model.decoder):
+        for layer in getattr(part, "layers", [part]):
+            if type(layer).__module__ != gpu_layers.__name__:
+                names.add(type(layer).__name__)
+    return sorted(names)
+
+
+_SAID = set()
+
+
 def tier_of(model):
     """The name of the tier whose layer classes `model` was built from."""
     for name, tier in TIERS.items():
@@ -160,7 +188,15 @@ def build_model(name, *, latent_dim=None, hidden_dim=None, seed=0, dtype=np.floa
     sizes = {k: v for k, v in (("latent_dim", latent_dim), ("hidden_dim", hidden_dim))
              if v is not None}
     cls = tier.model_class(MODELS[name].cls)
-    return cls(seed=seed, dtype=dtype, backend=backend, layer_set=tier.layers, **sizes)
+    model = cls(seed=seed, dtype=dtype, backend=backend, layer_set=tier.layers, **sizes)
+    if tier is TIERS["gpu"]:
+        unfused = unfused_layers(model)
+        line = (f"minivae: the gpu tier runs {', '.join(unfused)} unfused (no twin in "
+                f"minivae/gpu/layers.py: a kernel per operation)")
+        if unfused and line not in _SAID:
+            _SAID.add(line)
+            print(line, file=sys.stderr, flush=True)
+    return model
 
 
 def make_optimizer(model, name="adam", lr=1e-3, **kwargs):

@@ -146,3 +146,35 @@ def test_gradcheck_on_cupy_passes_in_every_tier(impl):
     p = minivae("gradcheck", "--backend", "cupy", "--impl", impl)
     assert f"gradient check on cupy, {impl} tier" in p.stdout
     assert " 0 failed" in p.stdout.splitlines()[-1]
+
+
+def test_the_gpu_tier_names_the_layers_it_runs_unfused(monkeypatch, capsys):
+    """A layer with no gpu twin runs as its plain class: said once, by name."""
+    from minivae import layers, tiers
+
+    class LeakyReLU(layers.Activation):
+        def forward(self, x):
+            self.y = np.maximum(x, 0.1 * x)
+            return self.y
+
+        def backward(self, dy):
+            return dy * np.where(self.y > 0, 1.0, 0.1)
+
+    monkeypatch.setattr(layers, "LeakyReLU", LeakyReLU, raising=False)
+    monkeypatch.setattr(tiers, "_SAID", set())
+    seed = MODELS["conv"]
+
+    class LeakyConv(seed.cls):
+        def __init__(self, **kw):
+            super().__init__(activation="LeakyReLU", **kw)
+    monkeypatch.setitem(MODELS, "conv", seed._replace(cls=LeakyConv))
+    assert tiers.unfused_layers(build_model("conv", hidden_dim=8, impl="plain")) == [
+        "Conv2d", "ConvTranspose2d", "Dense", "Flatten", "LeakyReLU", "Reshape"]
+    for _ in range(2):
+        assert tiers.unfused_layers(build_model("conv", hidden_dim=8, impl="gpu")) == [
+            "LeakyReLU"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the gpu tier runs LeakyReLU unfused" in err
+    assert capsys.readouterr().err == ""
+    build_model("mlp", hidden_dim=8, impl="gpu")
+    assert capsys.readouterr().err == ""

@@ -223,3 +223,26 @@ def test_chart_ticks_are_round_numbers():
                     "loss")
     labels = re.findall(r'text-anchor="end">([^<]+)</text><line', svg)
     assert labels == ["0", "20", "40", "60", "80", "100"], labels
+
+
+def test_the_page_takes_a_layer_by_its_exact_class():
+    """A tier's twin of a layer is drawn as the layer; a subclass of ReLU that computes
+    something else is refused by its name, not drawn as a ReLU."""
+    from minivae import layers
+    from minivae.errors import TrainError
+    from minivae.report import decoder_spec
+    from minivae.tiers import build_model
+
+    for impl in ("plain", "fast", "gpu"):
+        spec, _ = decoder_spec(build_model("conv", hidden_dim=8, impl=impl))
+        assert [s["type"] for s in spec].count("ReLU") == 5
+
+    class LeakyReLU(layers.ReLU):
+        def forward(self, x):
+            self.y = np.maximum(x, 0.1 * x)
+            return self.y
+
+    model = build_model("mlp", hidden_dim=8, impl="plain")
+    model.decoder.layers[1] = LeakyReLU()
+    with pytest.raises(TrainError, match="no JavaScript twin of LeakyReLU"):
+        decoder_spec(model)
