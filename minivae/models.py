@@ -43,7 +43,7 @@ class ForwardCache(NamedTuple):
     """What the forward pass of the objective keeps for its backward."""
     logits: object          # the decoder's output, shaped like x
     eps: object             # the noise of the reparametrisation, (N, latent)
-    sigma: object           # exp(log_var / 2), (N, latent)
+    sigma: object           # the posterior's standard deviation exp(c s), (N, latent)
     dlogits: object         # d BCE / d logits, elementwise (not yet divided by N)
     dmu_kl: object          # d KL / d mu, elementwise
     dscale_kl: object       # d KL / d s (the scale head's output), elementwise

@@ -50,8 +50,15 @@ METRIC_FIELDS = ("epoch", "train_loss", "train_recon", "train_kl", "train_reg", 
 
 # Independent random streams, each seeded from (run seed, stream[, epoch]); only the model's
 # noise and the data order carry state from epoch to epoch (saved in every checkpoint).
-STREAM_DATA, STREAM_GRID, STREAM_RECON, STREAM_SAMPLES, STREAM_TEST, STREAM_EVAL, STREAM_VIS = \
-    range(1, 8)
+# Each has a value of its own, written out: a stream's numbers follow from its value, so a new
+# stream takes a new value and every saved run keeps its numbers.
+STREAM_DATA = 1           # each epoch's order of the training images (carries state)
+STREAM_GRID = 2           # which training images form original.png
+STREAM_RECON = 3          # the noise of original.png's reconstructions
+STREAM_SAMPLES = 4        # the prior draws of samples_<N>.png
+STREAM_TEST = 5           # the noise of the test -ELBO, per epoch
+STREAM_EVAL = 6           # `minivae evaluate`'s importance samples
+STREAM_VIS = 7            # `minivae plot`'s and the report's picks
 
 
 def stream_rng(seed, stream, *more):

@@ -121,10 +121,10 @@ class Im2colPlan:
         self.weights = W
         self.scratch = {} if scratch is None else scratch
         self.F, self.C, self.kh, self.kw = W.shape
-        self.H, self.W = in_hw
+        self.height, self.width = in_hw           # the input's size; W is the weight
         self.stride, self.padding = stride, padding
-        self.Ho = conv_output_size(self.H, self.kh, stride, padding)
-        self.Wo = conv_output_size(self.W, self.kw, stride, padding)
+        self.Ho = conv_output_size(self.height, self.kh, stride, padding)
+        self.Wo = conv_output_size(self.width, self.kw, stride, padding)
 
     def _scratch(self, name, shape, like):
         """self.scratch[name], an array of this shape and like's dtype, reused from call to call.
@@ -170,7 +170,7 @@ class Im2colPlan:
         from."""
         N = Y.shape[1] // (self.Ho * self.Wo)
         return col2im_batch_last(self._scratch_product("adjoint", self.matrix.T, Y),
-                      (self.C, self.H, self.W, N), self.kh, self.kw,
+                      (self.C, self.height, self.width, N), self.kh, self.kw,
                       self.stride, self.padding)
 
     def weight_grad(self, X, Y):
@@ -209,8 +209,8 @@ class PhasePlan(Im2colPlan):
         super().__init__(W, in_hw, stride, padding, scratch)
         s = stride
         self.th, self.tw = _ceil_div(self.kh, s), _ceil_div(self.kw, s)
-        self.hr = _ceil_div(self.H + 2 * padding, s)            # rows of the largest phase
-        self.wr = _ceil_div(self.W + 2 * padding, s)
+        self.hr = _ceil_div(self.height + 2 * padding, s)            # rows of the largest phase
+        self.wr = _ceil_div(self.width + 2 * padding, s)
 
     def matrix_size(self):
         """Numbers per sample in X (the phases) and Y (the windows of y)."""
@@ -236,9 +236,9 @@ class PhasePlan(Im2colPlan):
         X = self._scratch("input", (s, s, self.C, self.hr, self.wr, x.shape[3]), x)
         X[...] = 0
         for a in range(s):
-            x_rows, p_rows = _phase_slices(self.H, s, p, a)
+            x_rows, p_rows = _phase_slices(self.height, s, p, a)
             for b in range(s):
-                x_cols, p_cols = _phase_slices(self.W, s, p, b)
+                x_cols, p_cols = _phase_slices(self.width, s, p, b)
                 X[a, b][:, p_rows, p_cols] = x[:, x_rows, x_cols]
         return X.reshape(s * s * self.C, -1)
 
@@ -292,15 +292,15 @@ class PhasePlan(Im2colPlan):
         s, p, C = self.stride, self.padding, self.C
         N = Y.shape[1] // (self.hr * self.wr)
         Wa = self.matrix.reshape(s, s * C, -1)                          # (a, (b, c), (t, t', f))
-        x = array_module(Y).empty((C, self.H, self.W, N), dtype=Y.dtype)
+        x = array_module(Y).empty((C, self.height, self.width, N), dtype=Y.dtype)
         for a in range(s):
-            x_rows, p_rows = _phase_slices(self.H, s, p, a)
+            x_rows, p_rows = _phase_slices(self.height, s, p, a)
             count = p_rows.stop - p_rows.start
             Ya = self._rows(Y, p_rows.start, count)
             phases = self._scratch_product(f"adjoint {a}", Wa[a], Ya)   # one buffer per a
             phases = phases.reshape(s, C, count, self.wr, N)            # (b, c, row, col, n)
             for b in range(s):
-                x_cols, p_cols = _phase_slices(self.W, s, p, b)
+                x_cols, p_cols = _phase_slices(self.width, s, p, b)
                 x[:, x_rows, x_cols] = phases[b][:, :, p_cols]
         return x
 

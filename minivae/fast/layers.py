@@ -115,8 +115,9 @@ class ReLU(layers.ReLU):
     in_place (set by Sequential): the forward overwrites its input x, the fresh output of the
     layer before it that nothing else keeps, and the backward overwrites dy, the fresh input
     gradient of the layer after it. Writing into arrays just written (still in cache) instead
-    of new ones: ConvVAE's ReLUs take 1.8 ms of a training step instead of 3.5 (profile_step.py),
-    and the step 5-10% less time (ab.py against the copying ReLU: 0.90 and 0.95 in two runs).
+    of new ones: ConvVAE's ReLUs took 1.8 ms of a training step instead of 3.5 (a per-layer
+    profile of the step), and the step 5-10% less time (benchmarks/ab.py against the copying
+    ReLU: 0.90 and 0.95 in two runs).
     """
 
     zeros = None
