@@ -99,10 +99,18 @@ def make_config(model="mlp", **settings):
     given = {k: v for k, v in settings.items() if v is not None}
     cfg = Config(model=model, **{**MODELS[model].defaults, **given})
     if cfg.out is None:
-        cfg.out = os.path.join("output", f"{model}-{cfg.dataset}")
+        cfg.out = default_out(model, cfg.dataset)
     cfg.mirrors = list(cfg.mirrors or [])
     check_config(cfg)
     return cfg
+
+
+def default_out(model="mlp", dataset=None):
+    """The run folder of a run with no --out: output/<model>-<dataset> (the model's seed's
+    dataset when none is given)."""
+    if model not in MODELS:
+        raise TrainError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    return os.path.join("output", f"{model}-{dataset or MODELS[model].defaults['dataset']}")
 
 
 def is_int(v):

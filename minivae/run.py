@@ -35,8 +35,8 @@ import numpy as np
 from minivae import files
 from minivae.backend import backend_name, cupy_status, get_backend
 from minivae.checkpoint import Checkpoint
-from minivae.config import (FIXED_ON_RESUME, LATER_SETTINGS, SETTINGS, is_int, make_config,
-                            resume_settings)
+from minivae.config import (FIXED_ON_RESUME, LATER_SETTINGS, SETTINGS, default_out, is_int,
+                            make_config, resume_settings)
 from minivae.errors import ResumeMismatch, TrainError
 from minivae.tiers import build_model, make_optimizer
 
@@ -296,7 +296,7 @@ def resume_config(given):
     """The settings of `train --resume`: the run folder's own (its config.json, else its newest
     checkpoint's), with the settings the user gave (a dict of those given); see
     config.resume_settings. A folder that holds no run starts afresh when --model is given."""
-    out = make_config(**given).out
+    out = given.get("out") or default_out(given.get("model", "mlp"), given.get("dataset"))
     given = dict(given, out=str(out))
     saved = RunFolder(out).saved_settings()
     if saved is None:
@@ -306,8 +306,7 @@ def resume_config(given):
                              f"the run's other settings) to start the run afresh")
         return make_config(**given), f"minivae: {out} {why}; starting a new run with the " \
                                      f"settings given"
-    saved = {**LATER_SETTINGS, **saved}
-    settings = resume_settings(saved, given, out)
+    settings = resume_settings({**LATER_SETTINGS, **saved}, given, out)
     try:
         return make_config(**settings), None
     except (TrainError, TypeError) as e:     # the flags were checked as they were parsed

@@ -145,10 +145,23 @@ def _tensorboard_writer(cfg, folder):
 
 
 def _start(cfg, resume, progress, warn, verbose):
-    """(Run, checkpoint or None): the folder prepared, the data loaded, the model and optimizer
+    """(Run, checkpoint or None): the folder held, the data loaded, the model and optimizer
     fresh or restored. A run that cannot start leaves no empty run folder behind."""
-    folder = RunFolder(cfg.out)
     xp = choose_backend(cfg.backend, log=warn, verbose=verbose)
+    _check_tensorboard(cfg)
+    folder, created, lock = _hold_folder(cfg, resume, warn)
+    try:
+        train_x, test_x, steps = _load_data(cfg, progress)
+        ckpt, model, opt, data_rng = _restore_or_start(folder, cfg, xp, resume, warn)
+    except BaseException:
+        folder.release(lock, created)
+        raise
+    run = Run(cfg, folder, model, opt, data_rng, train_x, test_x, steps, progress=progress,
+              lock=lock)
+    return run, ckpt
+
+
+def _check_tensorboard(cfg):
     if cfg.tensorboard:
         try:
             import tensorboardX  # noqa: F401
@@ -156,6 +169,12 @@ def _start(cfg, resume, progress, warn, verbose):
             raise TrainError("--tensorboard needs the tensorboardX package: "
                              "pip install 'minivae[tensorboard]' (or pip install tensorboardX)") \
                 from None
+
+
+def _hold_folder(cfg, resume, warn):
+    """(RunFolder, the folders made, its lock): the run folder made and held (RunFolder.
+    prepare), then checked under the lock: a fresh run never overwrites one."""
+    folder = RunFolder(cfg.out)
     if folder.path.exists() and not folder.path.is_dir():
         raise TrainError(f"cannot write to output folder {folder}: it exists and is not a folder")
     created, lock = folder.prepare()               # the lock first: no window before the checks
@@ -164,31 +183,42 @@ def _start(cfg, resume, progress, warn, verbose):
             raise TrainError(f"{folder} already holds a run (checkpoints/model-*.npz); pass "
                              f"--resume to continue it, or choose another --out")
         folder.remove_stale_temporaries(warn)
-        train_x, _ = data.load_for(cfg, "train", cfg.limit, progress)
-        test_x, _ = data.load_for(cfg, "test", cfg.limit, progress)
-        steps = data.num_batches(len(train_x), cfg.batch_size, cfg.spec.drop_last)
-        if steps == 0:
-            raise TrainError(f"{len(train_x)} training images make no full batch of "
-                             f"{cfg.batch_size} (the {cfg.model} model uses full batches only); "
-                             f"lower --batch-size or raise --limit")
-        s = cfg.sample_size
-        if s * s > len(train_x):
-            fits = int(len(train_x) ** 0.5)
-            raise TrainError(f"--sample-size {s} asks for {s}x{s} = {s * s} training images in "
-                             f"its grids, but there are {len(train_x)} (--limit); lower "
-                             f"--sample-size to {fits} or raise --limit")
-        ckpt, model, opt, data_rng = folder.restore_newest(cfg, xp, warn) if resume else \
-            (None, *fresh_state(cfg, xp))
-        if resume and ckpt is None and folder.checkpoints():
-            raise TrainError(f"cannot resume {folder}: none of its checkpoints restores (see "
-                             f"the warnings above); to train it again from epoch 1, remove "
-                             f"{folder.path / 'checkpoints'} (or train into another --out)")
     except BaseException:
         folder.release(lock, created)
         raise
-    run = Run(cfg, folder, model, opt, data_rng, train_x, test_x, steps, progress=progress,
-              lock=lock)
-    return run, ckpt
+    return folder, created, lock
+
+
+def _load_data(cfg, progress):
+    """(training images, test images, steps per epoch), checked against the batch size and the
+    picture grids."""
+    train_x, _ = data.load_for(cfg, "train", cfg.limit, progress)
+    test_x, _ = data.load_for(cfg, "test", cfg.limit, progress)
+    steps = data.num_batches(len(train_x), cfg.batch_size, cfg.spec.drop_last)
+    if steps == 0:
+        raise TrainError(f"{len(train_x)} training images make no full batch of "
+                         f"{cfg.batch_size} (the {cfg.model} model uses full batches only); "
+                         f"lower --batch-size or raise --limit")
+    s = cfg.sample_size
+    if s * s > len(train_x):
+        fits = int(len(train_x) ** 0.5)
+        raise TrainError(f"--sample-size {s} asks for {s}x{s} = {s * s} training images in "
+                         f"its grids, but there are {len(train_x)} (--limit); lower "
+                         f"--sample-size to {fits} or raise --limit")
+    return train_x, test_x, steps
+
+
+def _restore_or_start(folder, cfg, xp, resume, warn):
+    """(checkpoint or None, model, optimizer, data generator): from the newest checkpoint that
+    restores on --resume, else fresh."""
+    if not resume:
+        return (None, *fresh_state(cfg, xp))
+    ckpt, model, opt, data_rng = folder.restore_newest(cfg, xp, warn)
+    if ckpt is None and folder.checkpoints():
+        raise TrainError(f"cannot resume {folder}: none of its checkpoints restores (see "
+                         f"the warnings above); to train it again from epoch 1, remove "
+                         f"{folder.path / 'checkpoints'} (or train into another --out)")
+    return ckpt, model, opt, data_rng
 
 
 def _history(run, ckpt, resumed_folder, log, warn):
