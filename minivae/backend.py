@@ -38,7 +38,11 @@ def cupy_status():
 
 
 def get_backend(name="numpy"):
-    """The array module for 'numpy', 'cupy' or 'auto' (CuPy when a GPU is usable, else NumPy)."""
+    """The array module for 'numpy', 'cupy' or 'auto' (CuPy when a GPU is usable, else NumPy);
+    given an array module, that module (so a model resolves its backend once and hands its
+    layers the module, instead of probing CuPy again for every parameter)."""
+    if not isinstance(name, str):
+        return name
     if name == "numpy":
         return np
     if name not in ("cupy", "auto"):

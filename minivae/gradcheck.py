@@ -237,29 +237,32 @@ def model_check(name, n, coords=12):
 
     def run(ctx):
         xp, rng = ctx.xp, ctx.rng
-        model = build_model(name, seed=1, dtype=np.float64, backend=backend_name(xp),
-                            impl=ctx.impl)
+
+        def build(dtype):
+            return build_model(name, seed=1, dtype=dtype, backend=backend_name(xp),
+                               impl=ctx.impl)
+        model = build(np.float64)                    # the finite differences, in float64
         ctx.kinked = kinked_layers(model)
         # Random biases (they start at zero) spread the ReLU pre-activations away from 0.
         for k in model.params:
             if k.endswith(".b"):
-                model.params[k] = xp.asarray(rng.uniform(-0.5, 0.5, model.params[k].shape))
+                model.params[k][...] = xp.asarray(rng.uniform(-0.5, 0.5, model.params[k].shape))
         x_shape = MODELS[name].input_shape(n)
         x = xp.asarray(rng.random(x_shape))
         noise = xp.asarray(rng.standard_normal((n, model.latent_dim)))
         kw = dict(noise=noise, beta=0.7, weight_decay=0.013)
-        params64 = {k: model.params[k] for k in model.params}
-        for k, p in params64.items():
-            model.params[k] = p.astype(ctx.dtype)
-        model.loss_and_grads(x.astype(ctx.dtype), input_grad=True, **kw)
-        analytic = {"x": model.input_grad, **{k: model.grads[k] for k in params64}}
-        for k, p in params64.items():
-            model.params[k] = p
+        # the analytic gradients from a model of the dtype under test, with the same numbers
+        twin = model if ctx.dtype == np.float64 else build(ctx.dtype)
+        for k, p in model.params.items():
+            twin.params[k][...] = p.astype(ctx.dtype)
+        twin.loss_and_grads(x.astype(ctx.dtype), input_grad=True, **kw)
+        analytic = {"x": twin.input_grad.copy(),
+                    **{k: twin.grads[k].copy() for k in model.params}}
 
         def f():
             return model.loss(x, **kw).loss
 
-        tensors = {"x": x, **params64}
+        tensors = {"x": x, **{k: model.params[k] for k in model.params}}
         return [(k, numeric_vs_analytic(f, T, analytic[k], ctx, coords=coords))
                 for k, T in tensors.items()]
 

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minivae import layers
-from minivae.backend import array_module, backend_name, get_backend, make_rng
+from minivae.backend import array_module, get_backend, make_rng
 from minivae.layers import ParamView
 from minivae.losses import bce_with_logits, bernoulli_nll, kl_log_sigma, kl_log_var, l2_penalty
 
@@ -86,7 +86,7 @@ class VAE:
         return SIGMA_EXPONENT[self.scale_name]
 
     def _layer_kwargs(self):
-        return dict(dtype=self.dtype, backend=backend_name(self.xp), rng=self.rng)
+        return dict(dtype=self.dtype, backend=self.xp, rng=self.rng)     # resolved once
 
     # ---- inference
 

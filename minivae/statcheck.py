@@ -91,7 +91,7 @@ def _spread_scales(model, lo=-1.5, hi=1.0):
     log_sigma = np.linspace(lo, hi, model.latent_dim)
     b = model.params[name]
     s = log_sigma / SIGMA_EXPONENT[model.scale_name]
-    model.params[name] = model.xp.asarray(s.astype(b.dtype))
+    b[...] = model.xp.asarray(s.astype(b.dtype))           # in place: a view stays a view
 
 
 def _images(model, n, rng):

@@ -178,3 +178,13 @@ def test_the_gpu_tier_names_the_layers_it_runs_unfused(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
     build_model("mlp", hidden_dim=8, impl="gpu")
     assert capsys.readouterr().err == ""
+
+
+def test_a_model_resolves_its_backend_once_not_per_parameter(standin, monkeypatch):
+    from minivae import backend
+
+    probes = []
+    real = backend.cupy_status
+    monkeypatch.setattr(backend, "cupy_status", lambda: probes.append(1) or real())
+    model = build_model("conv", backend="cupy", impl="plain")
+    assert len(model.params) == 26 and len(probes) <= 2       # the tier's choice, the model's

@@ -20,7 +20,6 @@ Read minivae/models.py first: `FlatVAE` goes before a seed model's class (miniva
 from minivae.backend import to_host
 from minivae.gpu import kernels
 from minivae.gpu.layers import ConvTranspose2d, _Linear
-from minivae.losses import l2_penalty
 from minivae.models import LossTerms
 
 
@@ -40,15 +39,9 @@ class FlatVAE:
             self.params[name] = view
             self.grads[name] = self.flat_grads[start:end].reshape(p.shape)
             self.slots[name], start = (start, end), end
-        self._views = {name: self.params[name] for name in self.params}
         self.device_terms = xp.zeros(3, dtype=self.dtype)  # sum BCE, sum KL, sum p^2
         self._term_slots = [self.device_terms[i:i + 1] for i in range(3)]
         self.decoder.defer_last_bias = isinstance(self.decoder.layers[-1], _Linear)
-
-    def _linked(self):
-        """True while every parameter is still its view of the flat buffer (a gradient check
-        swaps them for copies of another dtype for a while)."""
-        return all(self.params[k] is v for k, v in self._views.items())
 
     def _penalised_runs(self):
         """[(start, end)] of the flat buffer covering the penalised parameters, merged."""
@@ -141,10 +134,7 @@ class FlatVAE:
     # ---- the L2 penalty over the flat buffer
 
     def _penalty_value(self, weight_decay):
-        """Writes sum p^2 into the third term and returns None; or, with the flat buffer unlinked
-        (gradient checks), the penalty computed per parameter as losses.l2_penalty does."""
-        if not self._linked():
-            return l2_penalty({k: self.params[k] for k in self.regularized}, weight_decay)[0]
+        """Writes sum p^2 into the third term and returns None (0.0 without a penalty)."""
         if weight_decay == 0:
             return 0.0
         runs = self._penalised_runs()
@@ -160,11 +150,6 @@ class FlatVAE:
     def _penalty_grads(self, weight_decay):
         """Adds 2 lambda p to the penalised parameters' gradients."""
         if weight_decay == 0:
-            return
-        if not self._linked():
-            for name, g in l2_penalty({k: self.params[k] for k in self.regularized},
-                                      weight_decay)[1].items():
-                self.grads[name] += g
             return
         for a, b in self._penalised_runs():
             kernels.add_l2_grad(self.flat_grads[a:b], self.flat_params[a:b], 2 * weight_decay)
