@@ -27,8 +27,10 @@ from minivae.backend import array_module, get_backend, make_rng
 from minivae.layers import ParamView
 from minivae.losses import bce_with_logits, bernoulli_nll, kl_log_sigma, kl_log_var, l2_penalty
 
-# What the encoder's second head s means, by its name: sigma = exp(SIGMA_EXPONENT[name] * s).
+# What the encoder's second head s means, by its name: sigma = exp(SIGMA_EXPONENT[name] * s),
+# and the KL term of losses.py that follows.
 SIGMA_EXPONENT = {"log_sigma": 1.0, "log_var": 0.5}
+KL_TERMS = {"log_sigma": kl_log_sigma, "log_var": kl_log_var}
 
 
 class LossTerms(NamedTuple):
@@ -57,11 +59,18 @@ def reparametrize(mu, log_var, eps):
 
 
 class VAE:
-    """What both seed models share. A subclass builds encoder / mu / scale / decoder from
-    self.layer_set, calls self._finish(scale_name), and sets:
+    """What every model shares. The contract of a subclass:
 
-    kl_term      the function of losses.py for its scale head (kl_log_sigma or kl_log_var)
-    regularized  names of the parameters the L2 penalty covers
+    * its constructor takes keyword arguments only: latent_dim (the size of z), hidden_dim (one
+      width for all its dense layers, the command line's --hidden-dim; None keeps its own),
+      seed, dtype, backend, layer_set, and whatever describes its layers (their defaults are
+      its seed's; a registry entry, MODELS, may give others: a new model is an entry, not a
+      class);
+    * it builds encoder, mu, scale (the two heads, reading the encoder's output) and decoder
+      from self.layer_set, then calls self._finish(scale_name), scale_name being what the
+      scale head gives: "log_sigma" or "log_var". That fixes sigma = exp(SIGMA_EXPONENT[..] s)
+      and the KL term: kl_log_sigma or kl_log_var of losses.py (KL_TERMS);
+    * it sets `regularized`, the names of the parameters the L2 penalty covers.
     """
 
     def __init__(self, *, seed, dtype, backend, layer_set=None):
@@ -74,6 +83,7 @@ class VAE:
         """Call at the end of a subclass __init__: the flat params/grads in architecture order.
         scale_name: what the second head gives, "log_sigma" or "log_var" (SIGMA_EXPONENT)."""
         self.scale_name = scale_name
+        self.kl_term = KL_TERMS[scale_name]
         named = [("encoder", self.encoder), ("mu", self.mu), (scale_name, self.scale),
                  ("decoder", self.decoder)]
         self.params = ParamView(named, "params")
@@ -169,68 +179,122 @@ class VAE:
         return f"{type(self).__name__}(\n" + "\n".join(parts) + "\n)"
 
 
-class MLPVAE(VAE):
-    """Seed 000: 784 -> 500 tanh -> (mu, log sigma) in 2-D; decoder 2 -> 500 tanh -> 784 logits.
+def _widths(hidden, hidden_dim):
+    """The dense layers' widths: `hidden`, or hidden_dim for each of them when given."""
+    hidden = tuple(hidden)
+    if not hidden:
+        raise ValueError("a model needs at least one hidden layer")
+    return hidden if hidden_dim is None else (hidden_dim,) * len(hidden)
 
-    The L2 penalty covers the decoder's parameters only, biases included.
+
+class MLPVAE(VAE):
+    """Seed 000 with its defaults: 784 -> 500 tanh -> (mu, log sigma) in 2-D; decoder
+    2 -> 500 tanh -> 784 logits.
+
+    hidden: the widths of the encoder's dense layers, input side first; the decoder mirrors
+    them. The L2 penalty covers the decoder's parameters only, biases included.
     """
 
-    kl_term = staticmethod(kl_log_sigma)
-
-    def __init__(self, input_dim=784, hidden_dim=500, latent_dim=2, seed=0, *,
+    def __init__(self, *, input_dim=784, hidden=(500,), latent_dim=2, hidden_dim=None, seed=0,
                  activation="Tanh", dtype=np.float32, backend="numpy", layer_set=None):
         super().__init__(seed=seed, dtype=dtype, backend=backend, layer_set=layer_set)
-        self.input_dim, self.hidden_dim, self.latent_dim = input_dim, hidden_dim, latent_dim
+        widths = _widths(hidden, hidden_dim)
+        self.input_dim, self.hidden, self.latent_dim = input_dim, widths, latent_dim
+        self.hidden_dim = widths[0]
         L, kw = self.layer_set, self._layer_kwargs()
         act = getattr(L, activation)
-        self.encoder = L.Sequential(L.Dense(input_dim, hidden_dim, **kw), act())
-        self.mu = L.Dense(hidden_dim, latent_dim, **kw)
-        self.scale = L.Dense(hidden_dim, latent_dim, **kw)             # log sigma
-        self.decoder = L.Sequential(L.Dense(latent_dim, hidden_dim, **kw), act(),
-                                    L.Dense(hidden_dim, input_dim, **kw))
+        self.encoder = L.Sequential(*_dense_stack(L, (input_dim,) + widths, act, kw))
+        self.mu = L.Dense(widths[-1], latent_dim, **kw)
+        self.scale = L.Dense(widths[-1], latent_dim, **kw)             # log sigma
+        self.decoder = L.Sequential(*_dense_stack(L, (latent_dim,) + widths[::-1], act, kw),
+                                    L.Dense(widths[0], input_dim, **kw))
         self._finish("log_sigma")
         self.regularized = [k for k in self.params if k.startswith("decoder.")]
 
 
+def _dense_stack(L, sizes, act, kw):
+    """Dense sizes[0] -> sizes[1] -> ..., each followed by the activation."""
+    out = []
+    for a, b in zip(sizes, sizes[1:]):
+        out += [L.Dense(a, b, **kw), act()]
+    return out
+
+
+class ConvLayer(NamedTuple):
+    """One convolution of a ConvVAE, as data: its output channels, its square kernel, stride
+    and padding, and the activation after it (True: the model's, False: none, or a layer class
+    name)."""
+    channels: int
+    kernel: int = 4
+    stride: int = 2
+    padding: int = 1
+    activation: object = True
+
+
+# Seed 001: three 4x4 stride-2 convolutions down (32 -> 16 -> 8 -> 4) and three up, the last to
+# the image's one channel, its logits.
+SEED_001_ENCODER = (ConvLayer(32), ConvLayer(32), ConvLayer(32))
+SEED_001_DECODER = (ConvLayer(32), ConvLayer(32), ConvLayer(1, activation=False))
+
+
 class ConvVAE(VAE):
-    """Seed 001, on 32x32 images (FashionMNIST zero-padded by 2).
+    """Seed 001 with its defaults, on 32x32 images (FashionMNIST zero-padded by 2).
 
     encoder: 3 x [Conv 4x4 stride 2 pad 1, 32 filters, ReLU] (32 -> 16 -> 8 -> 4), flatten (512),
              Dense 512 -> 256 ReLU -> 256 ReLU, shared by the heads mu and log sigma^2 (256 -> 10)
     decoder: Dense 10 -> 256 ReLU -> 256 ReLU -> 512 ReLU, reshape (32, 4, 4),
              2 x [ConvTranspose 4x4/2/1, 32 filters, ReLU], ConvTranspose 4x4/2/1 to 1 channel
-    The L2 penalty covers every parameter once (the shared trunk is not counted twice).
-    activation: the name of the layer class between the layers (ReLU for the seed).
+
+    As data: encoder, decoder: the convolutions (ConvLayer) in order, the decoder's transposed
+    ones taking the encoder's output shape back to `image`; hidden: the dense layers' widths
+    after the flatten (the decoder's mirror them); activation: the layer class between the
+    layers (ReLU for the seed); channels: when given, every convolution's channels but the
+    last's. The L2 penalty covers every parameter once (the shared trunk is not counted twice).
     """
 
-    kl_term = staticmethod(kl_log_var)
-
-    def __init__(self, latent_dim=10, seed=0, *, hidden_dim=256, channels=32, activation="ReLU",
-                 dtype=np.float32, backend="numpy", layer_set=None):
+    def __init__(self, *, latent_dim=10, hidden=(256, 256), encoder=SEED_001_ENCODER,
+                 decoder=SEED_001_DECODER, image=(1, 32, 32), hidden_dim=None, channels=None,
+                 seed=0, activation="ReLU", dtype=np.float32, backend="numpy", layer_set=None):
         super().__init__(seed=seed, dtype=dtype, backend=backend, layer_set=layer_set)
-        self.latent_dim, self.hidden_dim, self.channels = latent_dim, hidden_dim, channels
-        L, kw, c, hd = self.layer_set, self._layer_kwargs(), channels, hidden_dim
-        act = getattr(L, activation)
-        ckw = dict(kw, stride=2, padding=1)
-        self.encoder = L.Sequential(
-            L.Conv2d(1, c, 4, **ckw), act(),                          # (N, c, 16, 16)
-            L.Conv2d(c, c, 4, **ckw), act(),                          # (N, c, 8, 8)
-            L.Conv2d(c, c, 4, **ckw), act(),                          # (N, c, 4, 4)
-            L.Flatten(),                                              # (N, 16c)
-            L.Dense(16 * c, hd, **kw), act(),
-            L.Dense(hd, hd, **kw), act())                             # (N, hd)
-        self.mu = L.Dense(hd, latent_dim, **kw)
-        self.scale = L.Dense(hd, latent_dim, **kw)                    # log sigma^2
-        self.decoder = L.Sequential(
-            L.Dense(latent_dim, hd, **kw), act(),
-            L.Dense(hd, hd, **kw), act(),
-            L.Dense(hd, 16 * c, **kw), act(),
-            L.Reshape(c, 4, 4),                                       # (N, c, 4, 4)
-            L.ConvTranspose2d(c, c, 4, **ckw), act(),                 # (N, c, 8, 8)
-            L.ConvTranspose2d(c, c, 4, **ckw), act(),                 # (N, c, 16, 16)
-            L.ConvTranspose2d(c, 1, 4, **ckw))                        # (N, 1, 32, 32) logits
+        widths = _widths(hidden, hidden_dim)
+        if channels is not None:
+            encoder = [c._replace(channels=channels) for c in encoder]
+            decoder = [c._replace(channels=channels) for c in decoder[:-1]] + list(decoder[-1:])
+        self.latent_dim, self.hidden, self.hidden_dim = latent_dim, widths, widths[0]
+        L, kw = self.layer_set, self._layer_kwargs()
+        convs, shape = self._convs(L.Conv2d, encoder, tuple(image), activation, kw, down=True)
+        flat = int(np.prod(shape))
+        self.encoder = L.Sequential(*convs, L.Flatten(),
+                                    *_dense_stack(L, (flat,) + widths, getattr(L, activation),
+                                                  kw))
+        self.mu = L.Dense(widths[-1], latent_dim, **kw)
+        self.scale = L.Dense(widths[-1], latent_dim, **kw)            # log sigma^2
+        dense = _dense_stack(L, (latent_dim,) + widths[::-1] + (flat,), getattr(L, activation),
+                             kw)
+        tconvs, out = self._convs(L.ConvTranspose2d, decoder, shape, activation, kw, down=False)
+        if out != tuple(image):
+            raise ValueError(f"the decoder's convolutions make {out} images from {shape}, not "
+                             f"the image shape {tuple(image)}")
+        self.decoder = L.Sequential(*dense, L.Reshape(*shape), *tconvs)
         self._finish("log_var")
         self.regularized = list(self.params)
+
+    def _convs(self, kind, specs, shape, activation, kw, down):
+        """(the layers of the convolutions `specs` from `shape` (C, H, W), the shape they
+        give)."""
+        layers_, (c, h, w) = [], shape
+        for spec in specs:
+            conv = kind(c, spec.channels, spec.kernel, stride=spec.stride, padding=spec.padding,
+                        **kw)
+            h, w = conv.output_shape(h, w)
+            c = spec.channels
+            if min(h, w) < 1:
+                raise ValueError(f"{kind.__name__} {spec} leaves no pixel of {shape}")
+            layers_.append(conv)
+            if spec.activation:
+                name = activation if spec.activation is True else spec.activation
+                layers_.append(getattr(self.layer_set, name)())
+        return layers_, (c, h, w)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,6 +336,7 @@ class ModelSpec(NamedTuple):
     pad: int                # zero pixels added on each side of a 28x28 image
     flatten: bool           # images as flat vectors (N, 784) rather than NCHW (N, 1, H, W)
     drop_last: bool         # full batches only (the seed's partial=false)
+    options: dict = {}      # the class's keyword arguments that describe this model's layers
 
     def input_shape(self, n, side=28):
         """The shape of a batch of n images as the model takes them."""

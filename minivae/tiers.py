@@ -188,7 +188,8 @@ def build_model(name, *, latent_dim=None, hidden_dim=None, seed=0, dtype=np.floa
     sizes = {k: v for k, v in (("latent_dim", latent_dim), ("hidden_dim", hidden_dim))
              if v is not None}
     cls = tier.model_class(MODELS[name].cls)
-    model = cls(seed=seed, dtype=dtype, backend=backend, layer_set=tier.layers, **sizes)
+    model = cls(seed=seed, dtype=dtype, backend=backend, layer_set=tier.layers,
+                **MODELS[name].options, **sizes)
     if tier is TIERS["gpu"]:
         unfused = unfused_layers(model)
         line = (f"minivae: the gpu tier runs {', '.join(unfused)} unfused (no twin in "
