@@ -54,7 +54,7 @@ from benchmarks.harness import (CORETYPE_VARS, BenchError, Parser, _plural, _thr
                                 at_least, coretype_note, emit, kernels_line, load_average,
                                 output_arguments, probe_kernels, revision, thread_env,
                                 usable_cores)
-from benchmarks.torch_train import MODELS  # noqa: E402
+from benchmarks.torch_train import model_names  # noqa: E402
 from minivae.bench import cpu_model  # noqa: E402
 
 PROG = "epoch_time"
@@ -313,9 +313,10 @@ def format_markdown(report):
 
 def model_list(text):
     models = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in models if m not in MODELS]
+    bad = [m for m in models if m not in model_names()]
     if bad or not models:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(MODELS)} (comma-separated), "
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(model_names())} "
+                                         f"(comma-separated), "
                                          f"got {text!r}")
     return list(dict.fromkeys(models))
 
@@ -323,7 +324,7 @@ def model_list(text):
 def parse_args(argv):
     p = Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", type=model_list, default=list(MODELS),
+    p.add_argument("--models", type=model_list, default=list(model_names()),
                    help="comma-separated, from mlp,conv (default: both)")
     p.add_argument("--epochs", type=at_least(2), default=3,
                    help="epochs per process; epoch 1 is not counted (default: %(default)s)")

@@ -37,7 +37,6 @@ sys.path[:0] = [str(HERE.parent)]
 
 from benchmarks.harness import BenchError, Parser, at_least, emit  # noqa: E402
 
-MODELS = ("mlp", "conv")
 TIERS = ("plain", "gpu")
 LARGE_BATCH = 4096
 TORCH_DEVICE = "cuda"                 # tests rehearse the timing on the CPU with "cpu"
@@ -288,7 +287,8 @@ def format_times(report):
 def parse_args(argv):
     p = Parser(prog="gpu_bench.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--count", action="store_true", help="launches per step (CuPy stand-in)")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    from minivae.models import MODELS as REGISTRY
+    p.add_argument("--models", nargs="+", choices=tuple(REGISTRY), default=list(REGISTRY))
     p.add_argument("--batch-sizes", nargs="+", default=None, metavar="N",
                    type=lambda t: t if t == "seed" else at_least(1)(t),
                    help=f"'seed' or a number (default: seed, and {LARGE_BATCH} when timing)")

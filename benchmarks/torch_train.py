@@ -39,7 +39,14 @@ from benchmarks.harness import BenchError, Parser, at_least  # noqa: E402
 
 DEFAULT_MIRROR = ROOT.parent / "shared" / "data"
 DEFAULT_DATA_DIR = Path(tempfile.gettempdir()) / "minivae-epoch-time-data"
-MODELS = ("mlp", "conv")
+
+
+
+def model_names():
+    """The models minivae's registry holds (models.MODELS), each with its seed's settings."""
+    from minivae.models import MODELS as REGISTRY
+    return tuple(REGISTRY)
+
 SEED = 0                # minivae train's default --seed
 PROG = "torch_train"
 
@@ -173,7 +180,7 @@ def train(settings, images, epochs, log=None, test_images=None):
 
 def parse_args(argv):
     p = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=MODELS, default="mlp")
+    p.add_argument("--model", choices=model_names(), default="mlp")
     p.add_argument("--epochs", type=at_least(1), default=3)
     p.add_argument("--threads", type=at_least(1),
                    help="torch.set_num_threads (default: PyTorch's own choice)")

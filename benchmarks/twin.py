@@ -1,4 +1,4 @@
-"""The seed models in PyTorch, built by walking a minivae model's layers: the benchmarks' twin.
+"""Any minivae model in PyTorch, built by walking its layers: the benchmarks' twin.
 
 `torch_twin(model)` gives an nn.Module with the same layers, names and current parameters as a
 minivae VAE, computing the same objective; tests/test_torch_parity.py checks it against twins

@@ -407,7 +407,8 @@ def add_arguments(parser):
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="one row per tensor instead of one per check")
     parser.add_argument("--filter", default="", metavar="TEXT",
-                        help="only checks whose name contains TEXT (e.g. Conv2d)")
+                        help="only checks whose name or configuration contains TEXT (e.g. "
+                             "Conv2d, or '--model conv' for one model of the registry)")
 
 
 def run_cli(args):
@@ -416,7 +417,8 @@ def run_cli(args):
     xp = get_backend(args.backend)
     impl = resolve_impl(args.impl, xp)
     dtype = np.dtype(args.dtype)
-    checks = [c for c in all_checks() if args.filter.lower() in c.name.lower()]
+    checks = [c for c in all_checks() if args.filter.lower() in c.name.lower()
+              or args.filter.lower() in c.config.lower()]
     if not checks:
         names = sorted({c.name for c in all_checks()})
         raise ValueError(f"--filter {args.filter!r} matches no check; the checks are "

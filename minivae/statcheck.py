@@ -12,8 +12,9 @@ random samples, with tolerances derived from the sample count:
   Done for each parametrisation of losses.py (log sigma^2 and log sigma), and for each seed
   model on the samples its training forward draws, against the KL term that training uses.
 * the reparametrised samples' standard deviation: drawn through exactly the path training uses
-  (`training_samples`), it must equal exp(1/2 log sigma^2) for seed 001 (ConvVAE, whose scale
-  head gives log sigma^2) and exp(log sigma) for seed 000 (MLPVAE, log sigma). The sample
+  (`training_samples`), it must equal exp(1/2 log sigma^2) for a model whose scale head gives
+  log sigma^2 (seed 001's ConvVAE) and exp(log sigma) for one whose gives log sigma (seed 000's
+  MLPVAE); every model of the registry is checked. The sample
   standard deviation of M normal draws has a relative standard error of 1 / sqrt(2 (M - 1)).
 * the importance-weighted bound (Burda et al., 2016): IWAE_K = log (1/K) sum_k w_k is never
   below the ELBO estimate mean_k log w_k from the same samples (Jensen), and its average does
@@ -34,7 +35,8 @@ import numpy as np
 
 from minivae.backend import backend_name, get_backend, to_host
 from minivae.losses import kl_log_sigma, kl_log_var
-from minivae.models import SIGMA_EXPONENT, ConvVAE, MLPVAE, log_mean_exp, log_weights
+from minivae.models import MODELS, SIGMA_EXPONENT, log_mean_exp, log_weights
+from minivae.tiers import build_model
 
 Z = 5.0                   # standard errors a Monte-Carlo estimate may stray from its target
 ROUNDING = 1e-9           # relative slack of the checks that hold exactly (float64)
@@ -95,8 +97,10 @@ def _spread_scales(model, lo=-1.5, hi=1.0):
 
 
 def _images(model, n, rng):
-    shape = (n, 1, 32, 32) if isinstance(model, ConvVAE) else (n, model.input_dim)
-    return model.xp.asarray(rng.random(shape).astype(model.dtype))
+    """n random images in the layout of `model`'s registry entry (models.MODELS)."""
+    spec = MODELS.get(getattr(model, "registry_name", None)) or next(
+        spec for spec in MODELS.values() if isinstance(model, spec.cls))
+    return model.xp.asarray(rng.random(spec.input_shape(n)).astype(model.dtype))
 
 
 def _mc_kl(z, mu, sigma):
@@ -172,13 +176,11 @@ def check_iwae(model, label, pool, images, rng):
                    max(rise, 0.0), slack)]
 
 
-def seed_models(backend="numpy", small=False):
-    """[(label, model)] for the checks: the two seed models in float64 (small: narrow ones)."""
-    kw = dict(dtype=np.float64, backend=backend)
-    conv = dict(hidden_dim=32, channels=8) if small else {}
-    mlp = dict(hidden_dim=32) if small else {}
-    return [("ConvVAE", ConvVAE(latent_dim=10, seed=1, **conv, **kw)),
-            ("MLPVAE", MLPVAE(latent_dim=2, seed=0, **mlp, **kw))]
+def registered_models(backend="numpy", small=False):
+    """[(name, model)] for the checks: every model of the registry (models.MODELS), in float64
+    on the plain tier (small: dense layers 32 wide)."""
+    return [(name, build_model(name, seed=1, dtype=np.float64, backend=backend, impl="plain",
+                               hidden_dim=32 if small else None)) for name in MODELS]
 
 
 def all_checks(backend="numpy", samples=2000, images=2, pool=64, seed=0, small=False):
@@ -186,7 +188,7 @@ def all_checks(backend="numpy", samples=2000, images=2, pool=64, seed=0, small=F
     rng = np.random.default_rng(seed)
     results = [check_kl_formula("log_var", samples, rng),
                check_kl_formula("log_sigma", samples, rng)]
-    for label, model in seed_models(backend, small):
+    for label, model in registered_models(backend, small):
         results += check_model(model, label, samples, images, rng)
         results += check_iwae(model, label, pool, 4 * images, rng)
     return results

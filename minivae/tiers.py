@@ -190,6 +190,7 @@ def build_model(name, *, latent_dim=None, hidden_dim=None, seed=0, dtype=np.floa
     cls = tier.model_class(MODELS[name].cls)
     model = cls(seed=seed, dtype=dtype, backend=backend, layer_set=tier.layers,
                 **MODELS[name].options, **sizes)
+    model.registry_name = name
     if tier is TIERS["gpu"]:
         unfused = unfused_layers(model)
         line = (f"minivae: the gpu tier runs {', '.join(unfused)} unfused (no twin in "

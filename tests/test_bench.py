@@ -7,7 +7,7 @@ import pytest
 from minivae import bench
 from minivae.cli import main
 from minivae.layers import Conv2d, ConvTranspose2d, Dense, Sequential
-from minivae.models import ConvVAE, MLPVAE
+from minivae.models import MODELS, ConvVAE, MLPVAE
 
 QUICK = ["--steps", "2", "--warmup", "1", "--gemm-size", "128"]
 
@@ -69,7 +69,7 @@ def test_model_flops_rejects_unknown_weighted_layers():
 def test_bench_json_both_models(capsys):
     assert main(["bench", "--json"] + QUICK) == 0
     report = json.loads(capsys.readouterr().out)
-    assert [r["model"] for r in report["results"]] == ["mlp", "conv"]
+    assert [r["model"] for r in report["results"]] == list(MODELS)
     for r, batch, steps_per_epoch in zip(report["results"], (128, 64), (469, 937)):
         assert r["batch_size"] == batch and r["steps"] == 2 and r["median_ms"] > 0
         # 60000 training images: mlp keeps the partial batch, conv drops it

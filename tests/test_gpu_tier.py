@@ -35,6 +35,8 @@ def step_counts(cp, name, impl, batch=None):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_a_gpu_step_meets_its_launch_target_with_one_read(standin, name):
+    if name not in TARGETS:
+        pytest.skip(f"model {name!r} has no launch target (TARGETS holds the seeds')")
     gpu, plain = step_counts(standin, name, "gpu"), step_counts(standin, name, "plain")
     assert gpu["launches"] <= TARGETS[name], gpu
     assert gpu["reads"] == 1 and gpu["uploads"] == 1, gpu          # the noise; x was uploaded

@@ -19,11 +19,11 @@ def test_every_check_passes_on_the_engine(results):
     failed = [r for r in results.values() if not r.ok]
     assert not failed, failed
     # The tolerances come from the sample count: Z standard errors of each estimate.
-    assert results["ConvVAE std"].tolerance == pytest.approx(5 / np.sqrt(2 * 1499))
+    assert results["conv std"].tolerance == pytest.approx(5 / np.sqrt(2 * 1499))
 
 
-@pytest.mark.parametrize("model_class, label, wrong", [(ConvVAE, "ConvVAE", 1.0),
-                                                       (MLPVAE, "MLPVAE", 0.5)])
+@pytest.mark.parametrize("model_class, label, wrong", [(ConvVAE, "conv", 1.0),
+                                                       (MLPVAE, "mlp", 0.5)])
 def test_a_swapped_std_and_variance_fails(monkeypatch, model_class, label, wrong):
     """sigma = exp(log sigma^2) (the variance) in ConvVAE, sigma = exp(log sigma / 2) (the square
     root of the std) in MLPVAE: training's sampling is wrong, gradient checks still pass (the
@@ -32,7 +32,7 @@ def test_a_swapped_std_and_variance_fails(monkeypatch, model_class, label, wrong
     results = {r.name: r for r in statcheck.all_checks(**SMALL)}
     assert not results[f"{label} std"].ok
     assert not results[f"{label} KL"].ok
-    other = "MLPVAE" if label == "ConvVAE" else "ConvVAE"
+    other = "mlp" if label == "conv" else "conv"
     assert results[f"{other} std"].ok and results[f"{other} KL"].ok
 
 

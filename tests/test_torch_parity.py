@@ -16,8 +16,9 @@ F = torch.nn.functional
 nn = torch.nn
 
 from minivae.layers import Conv2d, ConvTranspose2d, Dense  # noqa: E402
-from minivae.models import ConvVAE, MLPVAE  # noqa: E402
+from minivae.models import MODELS, ConvVAE, MLPVAE  # noqa: E402
 from minivae.optim import Adam  # noqa: E402
+from minivae.tiers import build_model  # noqa: E402
 
 RTOL = 1e-10
 
@@ -135,13 +136,13 @@ def as_torch_layout(twin, key, grad):
     return grad
 
 
-CASES = [
-    (MLPVAE, TwinMLP, (16, 784)),
-    (ConvVAE, TwinConv, (6, 1, 32, 32)),
-]
+# The seeds, by their registry names, against twins written out from the seeds' descriptions.
+SEED_TWINS = {"mlp": (MLPVAE, TwinMLP, (16, 784)), "conv": (ConvVAE, TwinConv, (6, 1, 32, 32))}
+CASES = list(SEED_TWINS.values())
+IDS = list(SEED_TWINS)
 
 
-@pytest.mark.parametrize("cls, twin_cls, shape", CASES, ids=["mlp", "conv"])
+@pytest.mark.parametrize("cls, twin_cls, shape", CASES, ids=IDS)
 @pytest.mark.parametrize("beta, lam", [(1.0, 0.01), (0.5, 0.3)])
 def test_model_loss_and_every_gradient_match_torch(cls, twin_cls, shape, beta, lam):
     model = cls(seed=3, dtype=np.float64)
@@ -181,7 +182,7 @@ def test_model_loss_and_every_gradient_match_torch(cls, twin_cls, shape, beta, l
     assert rel(log_var, t_log_var.numpy()) < RTOL
 
 
-@pytest.mark.parametrize("cls, twin_cls, shape", CASES, ids=["mlp", "conv"])
+@pytest.mark.parametrize("cls, twin_cls, shape", CASES, ids=IDS)
 def test_adam_steps_match_torch(cls, twin_cls, shape):
     """Three Adam steps on the real objective land on torch.optim.Adam's parameters."""
     model = cls(seed=5, dtype=np.float64)
@@ -283,3 +284,26 @@ def test_dense_matches_torch():
     x = np.random.default_rng(3).standard_normal((4, 7))
     # Our W is (in, out); F.linear wants (out, in).
     check_layer(layer, x, lambda x, w, b: F.linear(x, w.T, b))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_registered_model_matches_its_torch_twin(name):
+    """Every model of the registry (a new entry too) against the twin built by walking its
+    layers (benchmarks/twin.py): the loss terms and every gradient, in float64."""
+    from benchmarks.twin import torch_name, torch_twin
+
+    assert set(SEED_TWINS) <= set(MODELS)
+    model = build_model(name, seed=1, dtype=np.float64, impl="plain", hidden_dim=16)
+    rng = np.random.default_rng(4)
+    x = rng.random(MODELS[name].input_shape(3))
+    eps = rng.standard_normal((3, model.latent_dim))
+    terms = model.loss_and_grads(x, noise=eps, beta=0.7, weight_decay=0.02)
+    twin = torch_twin(model)
+    loss, *parts = twin(t64(x), t64(eps), 0.7, 0.02)
+    loss.backward()
+    assert [t.item() for t in (loss, *parts)] == pytest.approx(list(terms), rel=1e-10)
+    theirs = dict(twin.named_parameters())
+    for key, grad in model.grads.items():
+        tkey = torch_name(key)
+        mine = as_torch_layout(twin, tkey, grad)
+        assert rel(mine, theirs[tkey].grad.numpy()) < 1e-9, key
