@@ -81,11 +81,13 @@ def test_cli_table(capsys):
     code = gradcheck.run_cli(parser.parse_args(["--filter", "dense", "-v"]))
     out = capsys.readouterr().out
     assert code == 0
-    assert "3 passed, 0 failed" in out and "Dense" in out and "  W" in out
+    count = {word: sum(word in f"{c.name} {c.config}".lower() for c in CHECKS)
+             for word in ("dense", "relu")}
+    assert f"{count['dense']} passed, 0 failed" in out and "Dense" in out and "  W" in out
     assert "fast tier" in out                     # auto on NumPy
     code = gradcheck.run_cli(parser.parse_args(["--filter", "relu", "--impl", "plain"]))
     out = capsys.readouterr().out
-    assert code == 0 and "plain tier" in out and "1 passed, 0 failed" in out
+    assert code == 0 and "plain tier" in out and f"{count['relu']} passed, 0 failed" in out
 
 
 # Whole-model checks at many seeds: a central difference that straddles a ReLU's kink measures the
@@ -138,3 +140,30 @@ def test_cli_seed_changes_the_draws(capsys):
     assert cli.main(["gradcheck", "--filter", "kl_log_var", "--seed", "4", "-v"]) == 0
     b = capsys.readouterr().out
     assert a.splitlines()[3:5] != b.splitlines()[3:5]
+
+
+def test_every_layer_of_layers_py_has_a_gradient_check():
+    """A layer added to layers.py without a check in gradcheck.all_checks fails here, by name
+    (README, "Extending the engine")."""
+    import inspect
+
+    from minivae import layers
+
+    bases = {"Layer", "Activation", "_Conv"}
+    defined = {name for name, cls in vars(layers).items() if inspect.isclass(cls)
+               and issubclass(cls, layers.Layer) and cls.__module__ == layers.__name__
+               and name not in bases}
+    checked = {c.name for c in gradcheck.all_checks()}
+    assert defined - checked == set(), f"no gradient check of {sorted(defined - checked)}"
+
+
+def test_every_optimizer_has_a_test_by_hand():
+    """An optimizer added to optim.OPTIMIZERS without a test against steps computed by hand in
+    tests/test_optimizers.py fails here, by name (README, "Extending the engine")."""
+    from pathlib import Path
+
+    from minivae.optim import OPTIMIZERS
+
+    source = (Path(__file__).parent / "test_optimizers.py").read_text()
+    missing = [name for name, cls in OPTIMIZERS.items() if f"optim.{cls.__name__}" not in source]
+    assert missing == [], f"no test by hand of the optimizer(s) {missing}"

@@ -91,8 +91,13 @@ def test_train_help_says_what_batch_size_and_latent_dim_default_to(capsys):
     rc, out, _ = run_cli(capsys, "train", "--help")
     assert rc == 0
     flat = " ".join(out.split())
-    assert "images per training step (default: the seed's, 128 for mlp, 64 for conv)" in flat
-    assert "dimensions of z (default: the seed's, 2 for mlp, 10 for conv)" in flat
+    from minivae.models import MODELS
+
+    for key, what in (("batch_size", "images per training step"), ("latent_dim",
+                                                                    "dimensions of z")):
+        each = ", ".join(f"{spec.defaults[key]} for {name}" for name, spec in MODELS.items())
+        assert f"{what} (default: the seed's, {each})" in flat
+    assert "128 for mlp, 64 for conv" in flat
 
 
 def test_evaluate_json_and_the_bound_said_as_a_bound(capsys, tiny_run, synthetic_data_dir):
