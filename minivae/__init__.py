@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 from minivae.models import MODELS, ConvVAE, MLPVAE  # noqa: E402
 from minivae.optim import Adam  # noqa: E402
-from minivae.tiers import build_model, make_adam  # noqa: E402
+from minivae.tiers import build_model, make_adam, make_optimizer  # noqa: E402
 
 
 
@@ -27,4 +27,5 @@ def load(run_dir, epoch=None, backend="numpy"):
     return load_trained(run_dir, epoch, backend)
 
 
-__all__ = ["MODELS", "ConvVAE", "MLPVAE", "Adam", "build_model", "make_adam", "load"]
+__all__ = ["MODELS", "ConvVAE", "MLPVAE", "Adam", "build_model", "make_adam", "make_optimizer",
+           "load"]
