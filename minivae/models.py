@@ -262,7 +262,7 @@ class ConvVAE(VAE):
             decoder = [c._replace(channels=channels) for c in decoder[:-1]] + list(decoder[-1:])
         self.latent_dim, self.hidden, self.hidden_dim = latent_dim, widths, widths[0]
         L, kw = self.layer_set, self._layer_kwargs()
-        convs, shape = self._convs(L.Conv2d, encoder, tuple(image), activation, kw, down=True)
+        convs, shape = self._convs(L.Conv2d, encoder, tuple(image), activation, kw)
         flat = int(np.prod(shape))
         self.encoder = L.Sequential(*convs, L.Flatten(),
                                     *_dense_stack(L, (flat,) + widths, getattr(L, activation),
@@ -271,7 +271,7 @@ class ConvVAE(VAE):
         self.scale = L.Dense(widths[-1], latent_dim, **kw)            # log sigma^2
         dense = _dense_stack(L, (latent_dim,) + widths[::-1] + (flat,), getattr(L, activation),
                              kw)
-        tconvs, out = self._convs(L.ConvTranspose2d, decoder, shape, activation, kw, down=False)
+        tconvs, out = self._convs(L.ConvTranspose2d, decoder, shape, activation, kw)
         if out != tuple(image):
             raise ValueError(f"the decoder's convolutions make {out} images from {shape}, not "
                              f"the image shape {tuple(image)}")
@@ -279,7 +279,7 @@ class ConvVAE(VAE):
         self._finish("log_var")
         self.regularized = list(self.params)
 
-    def _convs(self, kind, specs, shape, activation, kw, down):
+    def _convs(self, kind, specs, shape, activation, kw):
         """(the layers of the convolutions `specs` from `shape` (C, H, W), the shape they
         give)."""
         layers_, (c, h, w) = [], shape

@@ -171,7 +171,8 @@ def test_launches_of_sums_follow_cupys_cub_and_reduction_paths(standin):
 
 
 def test_launches_of_copies_gathers_and_scatters(standin):
-    """_launches.concatenate, take, setitem (_routines_manipulation.pyx, _routines_indexing.pyx)."""
+    """_launches.concatenate and take, and setitem: one operation (`_scatter_op` in
+    _routines_indexing.pyx: a fill, a device-to-device memcpy or an elementwise copy)."""
     cp = standin
     a = cp.ones(10)
     assert launches(cp, lambda: cp.concatenate([a, a, a])) == 3     # one copy per array

@@ -188,13 +188,6 @@ def concatenate(arrays):
     return len(arrays)
 
 
-def setitem(target, value):
-    """`_scatter_op(..., 'update')` (cupy/_core/_routines_indexing.pyx): a scalar is a fill; an
-    array of the same shape, strides and dtype into a C-contiguous target is one device-to-
-    device memcpy; anything else one elementwise copy. One operation each way."""
-    return 1
-
-
 def take(a, indices):
     """`_take` (_routines_indexing.pyx): one `cupy_take` kernel, reading `a` through its strides
     (reduced_view: no copy)."""
