@@ -215,9 +215,7 @@ def graph_step(name, batch, cupy, replays):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (2 * batch, 28, 28), dtype=np.uint8)
     step = ReplayedStep(model, opt, images, spec(name), batch, s["weight_decay"], replays)
-    step.load_epoch(np.arange(replays * batch) % len(images),
-                    rng.standard_normal((replays * batch, s["latent_dim"])),
-                    step.numbers_for([s["beta"]] * replays, 1))
+    step.load_trial(s["beta"], 1, replays)
     try:
         step.capture()
     except GraphUnavailable as e:

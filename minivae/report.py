@@ -131,6 +131,7 @@ def report_data(model, cfg, ckpt, run, images, labels, page_dir=None):
     spec, weights = decoder_spec(model)
     side = 28 + 2 * cfg.spec.pad
     rows = [r for r in ckpt.metrics if r["epoch"] <= ckpt.epoch]
+    pictures, pictures_epoch = pictures_for(run, ckpt.epoch, page_dir or run.path)
     return dict(
         model=cfg.model, dataset=cfg.dataset, epoch=ckpt.epoch, settings=cfg.to_dict(),
         metrics=rows, latent=stats, evaluation=evaluation_for(run, ckpt.epoch),
@@ -142,8 +143,7 @@ def report_data(model, cfg, ckpt, run, images, labels, page_dir=None):
                     labels=b64(labels[idx], "u1"), images=b64(images[idx], "u1"),
                     testIndex=[int(i) for i in idx]),
         decoder=dict(layers=spec, weights=b64(weights, "<f4")),
-        **dict(zip(("pictures", "picturesEpoch"),
-                   pictures_for(run, ckpt.epoch, page_dir or run.path))),
+        pictures=pictures, picturesEpoch=pictures_epoch,
     )
 
 

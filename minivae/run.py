@@ -38,6 +38,7 @@ from minivae.checkpoint import Checkpoint
 from minivae.config import (FIXED_ON_RESUME, LATER_SETTINGS, SETTINGS, default_out, is_int,
                             make_config, resume_settings)
 from minivae.errors import ResumeMismatch, TrainError
+from minivae.progress import note
 from minivae.tiers import build_model, make_optimizer
 
 CONFIG, METRICS, LOSS, ORIGINAL = "config.json", "metrics.csv", "loss.png", "original.png"
@@ -338,7 +339,7 @@ def load_run(run_dir, epoch=None, backend="auto", log=None, verbose=False, warn=
     elif not found:
         raise TrainError(f"{run} holds no checkpoints (checkpoints/model-<N>.npz); is it a "
                          f"run folder written by `minivae train`?")
-    warn = warn or _stderr
+    warn = warn or note
     for number, path in reversed(found):
         try:
             ckpt, cfg = _read_checkpoint(path)
@@ -372,8 +373,3 @@ def _loads(path):
         return True
     except TrainError:
         return False
-
-
-def _stderr(message):
-    import sys
-    print(message, file=sys.stderr, flush=True)

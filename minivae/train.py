@@ -38,8 +38,8 @@ from minivae.checkpoint import save_checkpoint
 from minivae.config import RECORDED_ON_RESUME, check_config
 from minivae.errors import NonFiniteLossError, TrainError
 from minivae.evaluate import decode_probs, latent_metrics, noise, reconstruct, test_neg_elbo
+from minivae.gpu.models import terms_from_sums
 from minivae.gpu.replay import GraphUnavailable, ReplayedStep, why_not
-from minivae.models import LossTerms
 from minivae.progress import bar as progress_bar, say as _say
 from minivae.run import (LOSS, ORIGINAL, STREAM_GRID, STREAM_RECON, STREAM_SAMPLES,
                          RunFolder, choose_backend, fresh_state, stream_rng)
@@ -407,11 +407,7 @@ def _replayed_step(run, log, warn):
     if why is None:
         replay = ReplayedStep(model, run.opt, run.train_x, cfg.spec, cfg.batch_size,
                               cfg.weight_decay, max(full, 2))
-        rng = np.random.default_rng(0)            # check inputs, none of the run's numbers
-        steps = min(full, 2)
-        replay.load_epoch(np.arange(steps * cfg.batch_size) % len(run.train_x),
-                          rng.standard_normal((steps * cfg.batch_size, model.latent_dim)),
-                          replay.numbers_for([cfg.beta] * steps, run.opt.t + 1))
+        replay.load_trial(cfg.beta, run.opt.t + 1, 2)     # the check's two steps
         try:
             replay.capture()
         except GraphUnavailable as e:
@@ -439,7 +435,7 @@ def _train_epoch_replayed(run, epoch):
     last_noise = (model.rng.standard_normal((rest, model.latent_dim), dtype=model.dtype)
                   if rest else None)
     betas = [kl_weight(cfg, run.step + i) for i in range(full)]
-    replay.load_epoch(order[:full * batch], np.concatenate(noise) if noise else noise,
+    replay.load_epoch(order[:full * batch], np.concatenate(noise),
                       replay.numbers_for(betas, run.opt.t + 1))
     tally = Tally(run, epoch)
     try:
@@ -466,11 +462,9 @@ def _train_epoch_replayed(run, epoch):
 def _account_replayed(run, tally, replay, start, stop, betas):
     """Steps start+1..stop of a replayed epoch into the tally, from one read of their sums
     (what the eager step's loss_and_grads computes from the same three sums)."""
-    wd, batch = run.cfg.weight_decay, run.cfg.batch_size
-    for i, (bce, kl, squares) in enumerate(replay.read_terms(start, stop), start):
-        recon, kl_value = float(bce) / batch, float(kl) / batch
-        reg = wd * float(squares) if wd != 0 else 0.0
-        terms = LossTerms(recon + betas[i] * kl_value + reg, recon, kl_value, reg)
+    batch = run.cfg.batch_size
+    for i, sums in enumerate(replay.read_terms(start, stop), start):
+        terms = terms_from_sums(sums, batch, betas[i], run.cfg.weight_decay)
         values = tally.check(i + 1, terms)
         tally.add(i + 1, terms, values, batch, betas[i])
 

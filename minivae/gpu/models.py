@@ -68,8 +68,8 @@ class FlatVAE:
 
     def loss_and_grads(self, x, noise=None, beta=1.0, weight_decay=0.01, input_grad=False):
         """models.VAE.loss_and_grads, the same numbers (see the module docstring)."""
-        penalty, cache = self._forward_on_device(x, noise, weight_decay)
-        terms = self._read_terms(x.shape[0], beta, weight_decay, penalty)
+        cache = self._forward_on_device(x, noise, weight_decay)
+        terms = self._read_terms(x.shape[0], beta, weight_decay)
         self._backward(x.shape[0], cache, beta / x.shape[0], weight_decay, input_grad)
         return terms
 
@@ -78,7 +78,7 @@ class FlatVAE:
         and no transfer (x and noise already on the device), so the step can be captured in a
         CUDA graph; the terms stay in self.device_terms (sum BCE, sum KL, sum p^2). beta_n: the
         KL weight over the batch size, a number or a device array (a graph's per-step value)."""
-        penalty, cache = self._forward_on_device(x, noise, weight_decay)
+        cache = self._forward_on_device(x, noise, weight_decay)
         self._backward(x.shape[0], cache, beta_n, weight_decay, False)
         return self.device_terms
 
@@ -95,15 +95,12 @@ class FlatVAE:
         self._penalty_grads(weight_decay)
 
     def _forward(self, x, noise, beta, weight_decay):
-        penalty, cache = self._forward_on_device(x, noise, weight_decay)
-        return self._read_terms(x.shape[0], beta, weight_decay, penalty), cache
+        cache = self._forward_on_device(x, noise, weight_decay)
+        return self._read_terms(x.shape[0], beta, weight_decay), cache
 
-    def _read_terms(self, n, beta, weight_decay, penalty):
+    def _read_terms(self, n, beta, weight_decay):
         """The loss terms from the device's three sums, in one transfer."""
-        host = to_host(self.device_terms)                             # the one read
-        recon, kl_value = float(host[0]) / n, float(host[1]) / n
-        reg = weight_decay * float(host[2]) if penalty is None else penalty
-        return LossTerms(recon + beta * kl_value + reg, recon, kl_value, reg)
+        return terms_from_sums(to_host(self.device_terms), n, beta, weight_decay)  # the one read
 
     def _forward_on_device(self, x, noise, weight_decay):
         xp, n = self.xp, x.shape[0]
@@ -117,8 +114,8 @@ class FlatVAE:
         logits, bce = kernels.bce_with_logits_bias(decoded, self._last_bias(), x, n, dlogits)
         _sum_into(bce, self._term_slots[0])
         _sum_into(kl, self._term_slots[1])
-        penalty = self._penalty_value(weight_decay)
-        return penalty, (logits, eps, sigma, dlogits, dmu_kl, dscale_kl)
+        self._penalty_value(weight_decay)
+        return logits, eps, sigma, dlogits, dmu_kl, dscale_kl
 
     def _dlogits_buffer(self, like):
         """Where the BCE kernel writes d loss / d logits: the slot buffer the decoder's last
@@ -134,9 +131,10 @@ class FlatVAE:
     # ---- the L2 penalty over the flat buffer
 
     def _penalty_value(self, weight_decay):
-        """Writes sum p^2 into the third term and returns None (0.0 without a penalty)."""
+        """Writes sum p^2 into the third term (nothing without a penalty: terms_from_sums
+        does not read it then)."""
         if weight_decay == 0:
-            return 0.0
+            return
         runs = self._penalised_runs()
         if len(runs) == 1:
             a, b = runs[0]
@@ -145,7 +143,6 @@ class FlatVAE:
         else:
             self._term_slots[2][...] = sum(kernels.sum_of_squares(self.flat_params[a:b])
                                            for a, b in runs)
-        return None
 
     def _penalty_grads(self, weight_decay):
         """Adds 2 lambda p to the penalised parameters' gradients."""
@@ -153,6 +150,14 @@ class FlatVAE:
             return
         for a, b in self._penalised_runs():
             kernels.add_l2_grad(self.flat_grads[a:b], self.flat_params[a:b], 2 * weight_decay)
+
+
+def terms_from_sums(sums, n, beta, weight_decay):
+    """models.LossTerms from the three sums of a step of n images on the host (sum BCE, sum KL,
+    sum p^2): what loss_and_grads returns, and what a replayed step's sums give."""
+    recon, kl_value = float(sums[0]) / n, float(sums[1]) / n
+    reg = weight_decay * float(sums[2]) if weight_decay != 0 else 0.0
+    return LossTerms(recon + beta * kl_value + reg, recon, kl_value, reg)
 
 
 def _sum_into(a, out):

@@ -75,14 +75,14 @@ class ReplayedStep:
     def __init__(self, model, opt, images, spec, batch, weight_decay, steps):
         xp = self.xp = model.xp
         self.model, self.opt, self.spec = model, opt, spec
-        self.batch, self.weight_decay, self.steps = batch, weight_decay, steps
+        self.batch, self.weight_decay = batch, weight_decay
         self.stream = xp.cuda.Stream(non_blocking=True)
         self.pool = xp.cuda.MemoryPool()
         self.graph = None
         dtype, latent = model.dtype, model.latent_dim
         flat = np.zeros(images.size + 1, dtype=np.uint8)           # the zero slot at the end
         flat[:-1] = np.asarray(images).reshape(-1)
-        self.pixels = int(np.prod(images.shape[1:]))
+        self.count, self.pixels = len(images), int(np.prod(images.shape[1:]))
         with self.stream:
             self.images = xp.asarray(flat)
             self.pixel_map = xp.asarray(pixel_map(spec, images.shape[1])[None, :])
@@ -133,6 +133,15 @@ class ReplayedStep:
                                         stream=self.stream)
             self.numbers[:len(numbers)].set(numbers, stream=self.stream)
             self.counter.fill(0)
+
+    def load_trial(self, beta, first_t, steps, seed=0):
+        """Inputs for `steps` steps that take none of a run's random numbers: the stored images
+        in order, noise from a generator of its own, KL weight beta, Adam's count going on from
+        first_t (what the capture's check replays, and a benchmark)."""
+        n = steps * self.batch
+        noise = np.random.default_rng(seed).standard_normal((n, self.model.latent_dim))
+        self.load_epoch(np.arange(n) % self.count, noise, self.numbers_for([beta] * steps,
+                                                                           first_t))
 
     def replay(self):
         """One training step: one launch."""

@@ -88,11 +88,21 @@ def _unwrap(value):
     return value
 
 
+def _sharing(value, sources):
+    """The device array of `sources` whose memory the NumPy result `value` is, or a view of
+    (an operation's view, or its out=), else None."""
+    if isinstance(value, _np.ndarray):
+        for s in sources:
+            if value is s._a or (value.base is not None and _np.shares_memory(value, s._a)):
+                return s
+    return None
+
+
 def _wrap(value, sources=()):
     """Device arrays of NumPy results; one that is a view of a source device array shares its
     memory, any other is new memory."""
     if isinstance(value, _np.ndarray):
-        base = next((s for s in sources if _np.shares_memory(value, s._a)), None)
+        base = _sharing(value, sources)
         return ndarray(value, None if base is None else base._mem)
     if isinstance(value, _np.generic):             # reductions give 0-d device arrays
         return ndarray(_np.asarray(value))
@@ -101,15 +111,6 @@ def _wrap(value, sources=()):
     if isinstance(value, list):
         return [_wrap(v, sources) for v in value]
     return value
-
-
-def _written(result, source):
-    """True when an operation's result is (a view of) the device array `source`: it wrote
-    into it (out=)."""
-    results = result if isinstance(result, (tuple, list)) else (result,)
-    return _builtins.any(r is source._a or (isinstance(r, _np.ndarray) and r.base is not None
-                                           and _np.shares_memory(r, source._a))
-                         for r in results)
 
 
 def _device_arrays(values):
@@ -125,16 +126,6 @@ def _kernel_key(name, arrays):
     if name in ("matmul", "dot"):
         return "cublas"
     return (name,) + tuple((a.dtype.str, a.ndim) for a in arrays)
-
-
-def _host_arrays(value):
-    """The NumPy arrays behind device arrays, in the same structure: what a recorded operation
-    keeps (a graph holds addresses, not the arrays: their memory may be freed meanwhile)."""
-    if isinstance(value, ndarray):
-        return value._a
-    if isinstance(value, (list, tuple)):
-        return type(value)(_host_arrays(v) for v in value)
-    return value
 
 
 def _refill(targets, values):
@@ -179,22 +170,6 @@ def _issue(name, count, arrays, rerun):
         standin.launch(name, count)
 
 
-def _is_view(result, inputs):
-    """True when result shares memory with an input array (a view: no kernel)."""
-    if not isinstance(result, _np.ndarray):
-        return False
-    return _builtins.any(isinstance(a, _np.ndarray) and _np.shares_memory(result, a)
-                         for a in inputs)
-
-
-def _flat_arrays(values):
-    for v in values:
-        if isinstance(v, _np.ndarray):
-            yield v
-        elif isinstance(v, (list, tuple)):
-            yield from _flat_arrays(v)
-
-
 def _reduction_count(a, axis=None, dtype=None, out=None, *rest, **kwargs):
     return _launches.reduction_other(a, axis, out)
 
@@ -220,15 +195,14 @@ def _apply(fn, name, args, kwargs, views=False):
     sources = list(_device_arrays(args)) + list(_device_arrays(kwargs.values()))
     _before(sources)
     result = fn(*a, **k)
-    inputs = list(_flat_arrays(a)) + list(_flat_arrays(k.values()))
     if standin.fusing and name in _FUSABLE_REDUCTIONS:
         standin.reductions.append((a[0], k.get("axis", a[1] if len(a) > 1 else None)))
-    if views and _is_view(result, inputs):
-        return _wrap(result, sources)
-    wrapped = _wrap(result, [s for s in sources if _written(result, s)])   # out= gives it back
+    wrapped = _wrap(result, sources)                # a view, or out=, shares its memory
+    if views and _sharing(result, sources) is not None:
+        return wrapped                              # a view: no kernel
     if not standin.fusing:
         rule = _RULES.get(name)
-        targets = _host_arrays(wrapped)
+        targets = _unwrap(wrapped)      # a recording keeps the numbers, not the device arrays
         _issue(name, 1 if rule is None else rule(*a, **k),
                sources + list(_device_arrays([wrapped])),
                lambda: _refill(targets, fn(*a, **k)))
@@ -596,7 +570,7 @@ def fuse(*args, **kwargs):
                 count = _launches.reduction_kernel(
                     _np.broadcast_to(first, reductions[0][0].shape),
                     _launches._axes(reductions[0][1], reductions[0][0].ndim), len(values))
-            targets, host_args = _host_arrays(outputs), _host_arrays(call_args)
+            targets, host_args = _unwrap(outputs), _unwrap(call_args)
             _issue(f"fuse:{fn.__name__}", count, arrays + list(_device_arrays([outputs])),
                    lambda: _refill(targets, _run_body(fn, [
                        ndarray(a) if isinstance(a, _np.ndarray) else a for a in host_args])[0]))
