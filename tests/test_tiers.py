@@ -104,6 +104,28 @@ def test_fast_conv_plans_match_plain(kernel, s, p, hw, n, kind):
                                conv.conv2d_weight_grad(x, dy, kernel, s, p), **CLOSE)
 
 
+
+def test_a_layers_kept_buffers_serve_every_input_size():
+    """One Conv2d's plans keep their padded copies from call to call, zeroed only when made: a
+    16x16 and a 15x15 input give phase arrays of the same shape (9x9 a side, padding 1) whose
+    padding lies elsewhere, and a 15x15 input after a 16x16 one must not read the 16x16 one's
+    numbers where its own padding should be."""
+    rng = np.random.default_rng(4)
+    layer = fast_layers.Conv2d(3, 4, 4, stride=2, padding=1, dtype=np.float64, rng=1)
+    W, b = layer.params["W"], layer.params["b"]
+    for hw in [(16, 16), (15, 15), (16, 16), (15, 15), (15, 16)]:
+        x = rng.standard_normal((2, 3) + hw)
+        dy = rng.standard_normal((2, 4) + out_hw((4, 4), 2, 1, hw))
+        y = layer.forward(batch_last(x))
+        assert isinstance(layer.plan, fast_conv.PhasePlan)
+        np.testing.assert_allclose(batch_first(y), conv.conv2d(x, W, 2, 1)
+                                   + b.reshape(1, -1, 1, 1), **CLOSE)
+        dx = layer.backward(batch_last(dy))
+        np.testing.assert_allclose(batch_first(dx), conv.conv_transpose2d(dy, W, 2, 1, hw),
+                                   **CLOSE)
+        np.testing.assert_allclose(layer.grads["W"], conv.conv2d_weight_grad(x, dy, (4, 4), 2, 1),
+                                   **CLOSE)
+
 def test_conv_plan_picks_the_smaller_matrices():
     # ConvVAE's 32 -> 32 channel 4x4 stride-2 layers take phases, its 1-channel ends im2col
     def plan(w_shape, hw, s):
