@@ -9,20 +9,22 @@ contiguous halves of its flat buffers, one half on a worker thread, computes the
 bit for bit (checked here before timing). Whether it is faster depends on what the other core is
 doing when the halves run. This times fast Adam's update (the largest elementwise pass of a step;
 a seed model's parameters, gradients of its seed's batch) on one thread and split over two, in
-alternating rounds in one process, in two situations:
+alternating rounds in one process, in three situations:
 
   alone     update after update, after a pause of --pause seconds: OpenBLAS's worker threads
             have gone to sleep (they spin for about 0.1 s after each product, then sleep);
   in step   each update right after loss_and_grads, as training runs it: OpenBLAS's worker has
-            just finished the backward's last product and is spinning on the other core.
+            just finished the backward's last product and is spinning on the other core;
+  step      the whole training step, loss_and_grads and the update, with each update: what the
+            epoch would gain.
 
 --pin puts the main thread on the first usable core and the worker and OpenBLAS's threads on
 the second, where the spinning worker yields to ours (an experiment: the engine pins nothing).
-Each line: the median milliseconds of one update on one thread and on two, and their ratio.
+Each line: the median milliseconds (of one update, or of the step) with the update on one thread
+and on two, and their ratio.
 BENCHMARKS.md ("Both cores on the elementwise work") reports what this machine gave.
 """
 
-import argparse
 import math
 import os
 import statistics
@@ -48,10 +50,9 @@ class SplitAdam:
 
     def __init__(self, opt, worker):
         self.opt, self.worker = opt, worker
-        grads, params = opt.model.grads, opt.model.params
+        self.grads, self.params = opt.model.grads, opt.model.params
         # (name, start, stop) of every tensor; each half reads the parts of them it covers
         self.tensors = [(name, a, b) for name, (a, b, _) in opt.slots.items()]
-        self.grads, self.params = grads, params
 
     def _half(self, lo, hi, c, e):
         opt = self.opt
@@ -120,18 +121,26 @@ def pin(worker):
     return True
 
 
-def race(w, split, rounds, in_step, pause, per_round=5):
+SITUATIONS = ("alone", "in step", "step")
+
+
+def race(w, split, rounds, situation, pause, per_round=5):
     """{"one": ms, "two": ms}: medians over rounds of alternating order."""
     times = {"one": [], "two": []}
     updates = {"one": w.opt.step, "two": split.step}
     for r in range(rounds):
         for label in (("one", "two") if r % 2 else ("two", "one")):
-            if not in_step:
+            if situation == "alone":
                 time.sleep(pause)
             for _ in range(per_round):
-                if in_step:
+                if situation == "step":
+                    t0 = time.perf_counter()
                     w.model.loss_and_grads(w.x)
-                t0 = time.perf_counter()
+                elif situation == "in step":
+                    w.model.loss_and_grads(w.x)
+                    t0 = time.perf_counter()
+                else:
+                    t0 = time.perf_counter()
                 updates[label]()
                 times[label].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
@@ -159,8 +168,8 @@ def main(argv=None):
                 print(f"{name}: the split update differs from the engine's", file=sys.stderr)
                 return 1
             size = w.opt.M_flat.size
-            for label, in_step in (("alone", False), ("in step", True)):
-                t = race(w, split, args.rounds, in_step, args.pause)
+            for label in SITUATIONS:
+                t = race(w, split, args.rounds, label, args.pause)
                 print(f"{name} ({size} parameters), {label}{', pinned' * pinned}: one thread "
                       f"{t['one']:.3f} ms, two {t['two']:.3f} ms, two / one = "
                       f"{t['two'] / t['one']:.2f}")

@@ -73,7 +73,26 @@ def test_ab_script_imports_the_revisions_own_files(tmp_path):
     assert type(model) is models.MLPVAE and hasattr(opt, "step")
 
 
-@pytest.mark.slow
+def test_the_split_adam_computes_the_engines_numbers_and_the_diagnostic_runs(capsys):
+    """benchmarks/elementwise_threads.py: its two-thread Adam gives the fast Adam's parameters and
+    running sums bit for bit, step after step, and the script prints every situation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchmarks import elementwise_threads as et
+    from minivae.bench import Workload
+
+    with ThreadPoolExecutor(1) as worker:
+        w = Workload("conv", batch_size=4)
+        split = et.SplitAdam(w.opt, worker)
+        for _ in range(3):
+            assert et.same_numbers(w, split)
+        split.step = lambda: split._half(0, w.opt.M_flat.size // 2, 1e-3, 1e-8)
+        assert not et.same_numbers(w, split)          # a wrong update is told apart
+    assert et.main(["--model", "mlp", "--rounds", "1", "--pause", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp (788788 parameters), alone: one thread" in out
+    assert ", in step: one thread" in out and ", step: one thread" in out
+
 
 def test_coretype_note_names_the_command_to_run_without_the_pin():
     assert harness.coretype_note({}, []) is None

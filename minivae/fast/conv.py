@@ -139,20 +139,6 @@ class Im2colPlan:
             out = self.scratch[name] = array_module(like).empty(shape, dtype=like.dtype)
         return out
 
-    def _padded(self, name, shape, like):
-        """A scratch array for a padded copy: zeros when made, then only its inside written.
-
-        The layer's plans for one input size (part of the key) all write the same entries, the
-        inside, so the padding around them stays zero from the first call on, and no call pays
-        a pass over the whole array to zero it again (2.6 MB for ConvVAE's 16x16
-        layer's phases).
-        """
-        key = f"{name} {self.height}x{self.width}"
-        out = self.scratch.get(key)
-        if out is None or out.shape != shape or out.dtype != like.dtype:
-            out = self.scratch[key] = array_module(like).zeros(shape, dtype=like.dtype)
-        return out
-
     def _scratch_product(self, name, A, B):
         """A @ B, into a scratch array (for a product whose numbers are copied out next)."""
         out = self._scratch(name, (A.shape[0], B.shape[1]), A)
@@ -247,7 +233,8 @@ class PhasePlan(Im2colPlan):
     def input_matrix(self, x):
         """P(x): x (C, H, W, N) -> its s*s phases, zero-padded, as (s*s*C, hr*wr*N)."""
         s, p = self.stride, self.padding
-        X = self._padded("phases", (s, s, self.C, self.hr, self.wr, x.shape[3]), x)
+        X = self._scratch("input", (s, s, self.C, self.hr, self.wr, x.shape[3]), x)
+        X[...] = 0
         for a in range(s):
             x_rows, p_rows = _phase_slices(self.height, s, p, a)
             for b in range(s):
@@ -259,7 +246,8 @@ class PhasePlan(Im2colPlan):
         """The th x tw windows of y seen by each phase pixel: (th*tw*F, hr*wr*N)."""
         th, tw = self.th, self.tw
         F, Ho, Wo, N = y.shape
-        ypad = self._padded("padded output", (F, self.hr + th - 1, self.wr + tw - 1, N), y)
+        ypad = self._scratch("padded output", (F, self.hr + th - 1, self.wr + tw - 1, N), y)
+        ypad[...] = 0
         ypad[:, th - 1:th - 1 + Ho, tw - 1:tw - 1 + Wo] = y
         out = self._scratch("output", (th * tw * F, self.hr * self.wr * N), y)
         return im2col_batch_last(ypad, th, tw, 1, 0, out)
@@ -319,20 +307,18 @@ class PhasePlan(Im2colPlan):
     def weight_grad(self, X, Y):
         """dWp = X Y^T, then the inverse of `matrix` (padding entries dropped).
 
-        One block of columns per window row t: Y's rows for t are zero but at the Ho phase rows
-        whose window reaches into y (u' = th - 1 - t onwards, as in forward), so each block sums
-        over those rows only. X's rows stand on the left of each product: OpenBLAS runs
-        (s*s*C, positions) @ (positions, tw*F) in 0.55 ms for ConvVAE's 16x16 layer where its
-        transpose, Y's rows @ X's rows^T, takes 0.84 (the same numbers bit for bit).
+        Computed as its transpose, one block of columns per window row t: Y's rows for t are
+        zero but at the Ho phase rows whose window reaches into y (u' = th - 1 - t onwards, as
+        in forward), so each block sums over those rows only.
         """
         F, C, s, th, tw, Ho = self.F, self.C, self.stride, self.th, self.tw, self.Ho
         xp = array_module(X)
         Yt = Y.reshape(th, tw * F, -1)                                  # (t, (t', f), positions)
-        dWp = xp.empty((th, s * s * C, tw * F), dtype=X.dtype)
+        dWp = xp.empty((th, tw * F, s * s * C), dtype=X.dtype)
         for t in range(th):
             u = th - 1 - t
-            xp.matmul(self._rows(X, u, Ho), self._rows(Yt[t], u, Ho).T, out=dWp[t])
-        dWp = dWp.reshape(th, s, s, C, tw, F).transpose(5, 3, 0, 1, 4, 2)  # (f, c, t, a, t', b)
+            xp.matmul(self._rows(Yt[t], u, Ho), self._rows(X, u, Ho).T, out=dWp[t])
+        dWp = dWp.reshape(th, tw, F, s, s, C).transpose(2, 5, 0, 3, 1, 4)  # (f, c, t, a, t', b)
         dW = dWp[:, :, ::-1, :, ::-1, :].reshape(F, C, th * s, tw * s)[:, :, :self.kh, :self.kw]
         return xp.ascontiguousarray(dW)
 
