@@ -106,10 +106,10 @@ def test_fast_conv_plans_match_plain(kernel, s, p, hw, n, kind):
 
 
 def test_a_layers_kept_buffers_serve_every_input_size():
-    """One Conv2d's plans keep their padded copies from call to call, zeroed only when made: a
-    16x16 and a 15x15 input give phase arrays of the same shape (9x9 a side, padding 1) whose
-    padding lies elsewhere, and a 15x15 input after a 16x16 one must not read the 16x16 one's
-    numbers where its own padding should be."""
+    """One Conv2d's plans keep their buffers from call to call, found by name and shape: a 16x16
+    and a 15x15 input give phase arrays of the same shape (9x9 a side, padding 1) whose padding
+    lies elsewhere, and a 15x15 input after a 16x16 one must not read the 16x16 one's numbers
+    where its own padding should be."""
     rng = np.random.default_rng(4)
     layer = fast_layers.Conv2d(3, 4, 4, stride=2, padding=1, dtype=np.float64, rng=1)
     W, b = layer.params["W"], layer.params["b"]
