@@ -104,7 +104,6 @@ def test_fast_conv_plans_match_plain(kernel, s, p, hw, n, kind):
                                conv.conv2d_weight_grad(x, dy, kernel, s, p), **CLOSE)
 
 
-
 def test_a_layers_kept_buffers_serve_every_input_size():
     """One Conv2d's plans keep their buffers from call to call, found by name and shape: a 16x16
     and a 15x15 input give phase arrays of the same shape (9x9 a side, padding 1) whose padding
@@ -125,6 +124,7 @@ def test_a_layers_kept_buffers_serve_every_input_size():
                                    **CLOSE)
         np.testing.assert_allclose(layer.grads["W"], conv.conv2d_weight_grad(x, dy, (4, 4), 2, 1),
                                    **CLOSE)
+
 
 def test_conv_plan_picks_the_smaller_matrices():
     # ConvVAE's 32 -> 32 channel 4x4 stride-2 layers take phases, its 1-channel ends im2col
