@@ -51,16 +51,22 @@ class SplitAdam:
     def __init__(self, opt, worker):
         self.opt, self.worker = opt, worker
         self.grads, self.params = opt.model.grads, opt.model.params
-        # (name, start, stop) of every tensor; each half reads the parts of them it covers
-        self.tensors = [(name, a, b) for name, (a, b, _) in opt.slots.items()]
+        self.pieces = {}            # (lo, hi) -> the parts of the tensors [lo, hi) covers
+
+    def _pieces(self, lo, hi):
+        """(name, first, stop, the tensor's start) of each tensor's part in [lo, hi), made once."""
+        if (lo, hi) not in self.pieces:
+            self.pieces[lo, hi] = [(name, max(a, lo), min(b, hi), a)
+                                   for name, (a, b, _) in self.opt.slots.items()
+                                   if max(a, lo) < min(b, hi)]
+        return self.pieces[lo, hi]
 
     def _half(self, lo, hi, c, e):
         opt = self.opt
         M, V, work = opt.M_flat[lo:hi], opt.V_flat[lo:hi], opt.work[lo:hi]
         M *= opt.b1
         V *= opt.b2
-        pieces = [(name, max(a, lo), min(b, hi), a) for name, a, b in self.tensors
-                  if max(a, lo) < min(b, hi)]
+        pieces = self._pieces(lo, hi)
         for name, a, b, start in pieces:
             g = self.grads[name].reshape(-1)[a - start:b - start]
             M[a - lo:b - lo] += g
